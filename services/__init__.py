@@ -1,0 +1,1 @@
+"""The gpuplane services; each runs as its own process."""

@@ -1,0 +1,145 @@
+"""The FastAPI app factory: wiring only; routes hold no business logic."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
+
+from shared import __version__
+from shared.bus.base import Bus, Delivery
+from shared.bus.core import reset_correlation_id, set_correlation_id
+from shared.contracts import Heartbeat, Inventory, ServiceName, utc_now
+from shared.database import make_engine
+from shared.errors import BusError, BusUnavailable, NoResponders, RemoteError, RequestTimeout
+from shared.service import BusFactory, ServiceContext, attach, nats_bus_factory
+from shared.subjects import HEARTBEAT_ALL, INVENTORY_ALL
+from shared.telemetry import gpu_metrics, http_metrics
+from services.api.deps import GatewayState
+from services.api.routes import health, system
+from services.api.routes.system import NoInventoryYet
+from services.api.settings import ApiSettings
+
+log = logging.getLogger("gpuplane.api")
+
+CORRELATION_HTTP_HEADER = "X-Correlation-Id"
+
+
+async def _feed_read_model(state: GatewayState, bus: Bus, ctx: ServiceContext) -> None:
+    """Subscribe first, then load what JetStream kept, so nothing falls between the two."""
+    model = state.read_model
+
+    async def on_inventory(inv: Inventory, _: Delivery) -> None:
+        if model.apply_inventory(inv):
+            gpu_metrics().update(model.inventories())
+
+    async def on_heartbeat(beat: Heartbeat, _: Delivery) -> None:
+        model.apply_heartbeat(beat, utc_now())
+
+    await bus.subscribe(INVENTORY_ALL, Inventory, on_inventory)
+    await bus.subscribe(HEARTBEAT_ALL, Heartbeat, on_heartbeat)
+    for inv in await bus.latest(INVENTORY_ALL, Inventory):
+        model.apply_inventory(inv)
+    gpu_metrics().update(model.inventories())
+    state.bus = bus
+
+
+def _error(status: int, detail: str, retry_after_s: int | None = None) -> JSONResponse:
+    headers = {"Retry-After": str(retry_after_s)} if retry_after_s else None
+    return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+
+
+def create_app(settings: ApiSettings, *, bus_factory: BusFactory = nats_bus_factory) -> FastAPI:
+    """Build the gateway. ``bus_factory`` is swapped for an in-memory bus in unit tests."""
+    state = GatewayState(settings=settings)
+    if settings.database_url:
+        state.engine = make_engine(settings.database_url, connect_timeout_s=3, pool_size=2)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        ctx = ServiceContext(ServiceName.API, settings)
+
+        async def connect() -> None:
+            # HTTP serves at once; until NATS answers, routes say so with 503.
+            bus = await bus_factory(settings, ServiceName.API)
+            await attach(bus, ctx, lambda b, c: _feed_read_model(state, b, c))
+
+        ctx.spawn(connect(), name="connect")
+        try:
+            yield
+        finally:
+            await ctx.shutdown()
+            if state.bus is not None:
+                await state.bus.drain()
+            if state.engine is not None:
+                state.engine.dispose()
+
+    app = FastAPI(
+        title="gpuplane",
+        version=__version__,
+        description="Control plane for multi-GPU machines running self-hosted AI services.",
+        lifespan=lifespan,
+    )
+    app.state.gateway = state
+    app.include_router(system.router)
+    app.include_router(health.router)
+    metrics = http_metrics()
+    tracer = trace.get_tracer("gpuplane.http")
+
+    @app.middleware("http")
+    async def telemetry(request: Request, call_next):  # type: ignore[no-untyped-def]
+        correlation = request.headers.get(CORRELATION_HTTP_HEADER) or uuid.uuid4().hex
+        token = set_correlation_id(correlation)
+        started = time.perf_counter()
+        status = 500
+        try:
+            with tracer.start_as_current_span(
+                f"{request.method} {request.url.path}", kind=SpanKind.SERVER
+            ) as span:
+                response: Response = await call_next(request)
+                status = response.status_code
+                span.set_attribute("http.response.status_code", status)
+                response.headers[CORRELATION_HTTP_HEADER] = correlation
+                return response
+        finally:
+            route = request.scope.get("route")
+            path = getattr(route, "path", "unmatched")
+            metrics.requests.labels(request.method, path, str(status)).inc()
+            metrics.duration.labels(request.method, path).observe(time.perf_counter() - started)
+            reset_correlation_id(token)
+
+    retry = settings.retry_after_s
+
+    @app.exception_handler(NoInventoryYet)
+    async def no_inventory(_: Request, exc: NoInventoryYet) -> JSONResponse:
+        return _error(503, str(exc), retry)
+
+    @app.exception_handler(NoResponders)
+    async def no_responders(_: Request, exc: NoResponders) -> JSONResponse:
+        return _error(503, f"{exc}: is that service running?", retry)
+
+    @app.exception_handler(RequestTimeout)
+    async def timeout(_: Request, exc: RequestTimeout) -> JSONResponse:
+        return _error(504, str(exc), retry)
+
+    @app.exception_handler(BusUnavailable)
+    async def bus_down(_: Request, exc: BusUnavailable) -> JSONResponse:
+        return _error(503, str(exc), retry)
+
+    @app.exception_handler(RemoteError)
+    async def remote(_: Request, exc: RemoteError) -> JSONResponse:
+        status = {"bad_request": 422, "unavailable": 503}.get(exc.code, 502)
+        return _error(status, exc.remote_message, retry if status == 503 else None)
+
+    @app.exception_handler(BusError)
+    async def bus_error(_: Request, exc: BusError) -> JSONResponse:
+        return _error(502, str(exc))
+
+    return app

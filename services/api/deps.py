@@ -1,0 +1,48 @@
+"""Request dependencies: what a route may use, taken from the app's state."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy import Engine
+
+from shared.bus.base import Bus
+from shared.errors import BusUnavailable
+from services.api.readmodel import ReadModel
+from services.api.settings import ApiSettings
+
+
+@dataclass
+class GatewayState:
+    """Everything the gateway holds; built once by the app factory."""
+
+    settings: ApiSettings
+    read_model: ReadModel = field(default_factory=ReadModel)
+    bus: Bus | None = None
+    engine: Engine | None = None
+
+
+def get_state(request: Request) -> GatewayState:
+    state: GatewayState = request.app.state.gateway
+    return state
+
+
+StateDep = Annotated[GatewayState, Depends(get_state)]
+
+
+def get_bus(state: StateDep) -> Bus:
+    if state.bus is None or not state.bus.is_connected:
+        raise BusUnavailable(f"the gateway is not connected to NATS at {state.settings.nats_url} (yet)")
+    return state.bus
+
+
+BusDep = Annotated[Bus, Depends(get_bus)]
+
+
+def get_read_model(state: StateDep) -> ReadModel:
+    return state.read_model
+
+
+ReadModelDep = Annotated[ReadModel, Depends(get_read_model)]

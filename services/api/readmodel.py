@@ -1,0 +1,86 @@
+"""What the gateway knows, fed by events: GETs read it without a NATS round trip. Pure."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from shared.contracts import Gpu, Heartbeat, Inventory, InventorySource, ServiceName
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    service: ServiceName
+    alive: bool
+    instances: int
+    last_heartbeat_at: datetime | None
+    seconds_since_heartbeat: float | None
+
+
+@dataclass(frozen=True)
+class GpuView:
+    host: str
+    gpu: Gpu
+
+
+@dataclass(frozen=True)
+class FleetView:
+    gpus: tuple[GpuView, ...]
+    source: str
+    inventories: tuple[Inventory, ...]
+    message: str
+
+
+class ReadModel:
+    """Latest inventory per host and latest heartbeat per service instance."""
+
+    def __init__(self) -> None:
+        self._inventories: dict[str, Inventory] = {}
+        # Keyed by instance; stamped with our receive time so other hosts' clocks do not matter.
+        self._heartbeats: dict[tuple[ServiceName, str], tuple[Heartbeat, datetime]] = {}
+
+    def apply_inventory(self, inv: Inventory) -> bool:
+        """Keep ``inv`` unless a newer inventory of that host is already known."""
+        current = self._inventories.get(inv.host)
+        if current is not None and current.detected_at > inv.detected_at:
+            return False
+        self._inventories[inv.host] = inv
+        return True
+
+    def apply_heartbeat(self, beat: Heartbeat, received_at: datetime) -> None:
+        self._heartbeats[(beat.service, beat.instance)] = (beat, received_at)
+
+    def inventories(self) -> tuple[Inventory, ...]:
+        return tuple(self._inventories[h] for h in sorted(self._inventories))
+
+    def fleet(self) -> FleetView | None:
+        """All GPUs of all hosts, or None before the first inventory."""
+        inventories = self.inventories()
+        if not inventories:
+            return None
+        sources = {inv.source for inv in inventories}
+        source = next(iter(sources)).value if len(sources) == 1 else "mixed"
+        gpus = tuple(GpuView(inv.host, gpu) for inv in inventories for gpu in inv.gpus)
+        if gpus:
+            message = "; ".join(f"{inv.host}: {inv.status_message}" for inv in inventories)
+            if InventorySource.SIMULATED in sources:
+                message += " (SIMULATED: not real hardware)"
+        else:
+            message = "; ".join(f"{inv.host}: {inv.status_message}" for inv in inventories)
+        return FleetView(gpus=gpus, source=source, inventories=inventories, message=message)
+
+    def services(self, now: datetime, stale_after_s: float) -> dict[ServiceName, ServiceStatus]:
+        """Liveness of every known service, from heartbeats."""
+        result: dict[ServiceName, ServiceStatus] = {}
+        for service in ServiceName:
+            seen = [at for (name, _), (_, at) in self._heartbeats.items() if name is service]
+            fresh = [at for at in seen if (now - at).total_seconds() <= stale_after_s]
+            latest = max(seen, default=None)
+            result[service] = ServiceStatus(
+                service=service,
+                alive=bool(fresh),
+                instances=len(fresh),
+                last_heartbeat_at=latest,
+                seconds_since_heartbeat=(now - latest).total_seconds() if latest else None,
+            )
+        return result

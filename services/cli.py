@@ -1,0 +1,209 @@
+"""The ``gpuplane`` command: ``up`` runs the whole stack; each service also runs alone."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from shared.contracts import Inventory
+from shared.errors import GpuplaneError
+
+# flag -> settings field, per subcommand. Flags override GPUPLANE_* variables.
+COMMON_FLAGS: dict[str, tuple[str, type, str]] = {
+    "--nats-url": ("nats_url", str, "NATS server(s), e.g. nats://127.0.0.1:4222"),
+    "--host-name": ("host_name", str, "name of this machine in subjects and inventories"),
+    "--log-level": ("log_level", str, "DEBUG, INFO, WARNING, ..."),
+    "--metrics-port": ("metrics_port", int, "serve Prometheus metrics on this port (0: off)"),
+}
+SERVICE_FLAGS: dict[str, dict[str, tuple[str, type, str]]] = {
+    "detector": {
+        "--backend": ("detector_backend", str, "auto, nvml, nvidia-smi, simulated or none"),
+        "--fleet": ("fleet", Path, "simulated fleet file (implies --backend simulated)"),
+        "--interval-s": ("detect_interval_s", float, "publish at least this often"),
+    },
+    "planner": {},
+    "orchestrator": {},
+    "router": {},
+    "api": {
+        "--http-port": ("http_port", int, "port to listen on"),
+        "--http-host": ("http_host", str, "address to listen on"),
+        "--database-url": ("database_url", str, "PostgreSQL checked by /healthz"),
+    },
+}
+UP_FLAGS: dict[str, tuple[str, type, str]] = {
+    "--http-port": ("http_port", int, "API port (default 8080)"),
+    "--nats-port": ("nats_port", int, "embedded NATS port (default 4222)"),
+    "--nats-url": ("nats_url", str, "use this NATS instead of starting one"),
+    "--database-url": ("database_url", str, "use this PostgreSQL instead of starting one"),
+    "--data-dir": ("data_dir", Path, "where NATS, PostgreSQL and logs keep data (default .gpuplane)"),
+    "--fleet": ("fleet", Path, "simulate this fleet file instead of detecting GPUs"),
+}
+
+
+def _add_flags(parser: argparse.ArgumentParser, flags: dict[str, tuple[str, type, str]]) -> None:
+    for flag, (dest, kind, help_text) in flags.items():
+        parser.add_argument(flag, dest=dest, type=kind, default=None, help=help_text)
+
+
+def _overrides(args: argparse.Namespace, flags: dict[str, tuple[str, type, str]]) -> dict[str, Any]:
+    return {dest: getattr(args, dest) for dest, _, _ in flags.values() if getattr(args, dest) is not None}
+
+
+def _run_service(name: str, args: argparse.Namespace) -> int:
+    flags = {**COMMON_FLAGS, **SERVICE_FLAGS[name]}
+    overrides = _overrides(args, flags)
+    if name == "detector":
+        from services.detector.main import main as detector_main
+        from services.detector.settings import DetectorSettings
+
+        detector_main(DetectorSettings(**overrides))
+    elif name == "planner":
+        from services.planner.main import main as planner_main
+        from services.planner.settings import PlannerSettings
+
+        planner_main(PlannerSettings(**overrides))
+    elif name == "orchestrator":
+        from services.orchestrator.main import main as orchestrator_main
+        from services.orchestrator.settings import OrchestratorSettings
+
+        orchestrator_main(OrchestratorSettings(**overrides))
+    elif name == "router":
+        from services.router.main import main as router_main
+        from services.router.settings import RouterSettings
+
+        router_main(RouterSettings(**overrides))
+    elif name == "api":
+        from services.api.main import main as api_main
+        from services.api.settings import ApiSettings
+
+        api_main(ApiSettings(**overrides))
+    return 0
+
+
+def _run_up(args: argparse.Namespace) -> int:
+    from services.stack.main import run_stack
+    from services.stack.settings import StackSettings
+    from shared.telemetry import setup_logging
+
+    settings = StackSettings(**_overrides(args, UP_FLAGS))
+    setup_logging("up", settings.log_level)
+    return asyncio.run(run_stack(settings))
+
+
+def format_inventories(inventories: Sequence[Inventory]) -> str:
+    """A table like nvidia-smi's, one block per host."""
+    if not inventories:
+        return "No inventory published yet."
+    out: list[str] = []
+    for inv in inventories:
+        flag = "   <<< SIMULATED >>>" if inv.source.value == "simulated" else ""
+        out.append(f"host {inv.host}  source {inv.source.value}  {inv.status_message}{flag}")
+        if inv.gpus:
+            out.append(
+                f"  {'GPU':>3}  {'Name':<28} {'Used/Total MB':>15} {'Util':>5} {'Temp':>5} "
+                f"{'Power W':>11}  {'CC':>4}  {'NVLink':<8} Health"
+            )
+        for g in inv.gpus:
+            util = f"{g.utilization_percent:.0f}%" if g.utilization_percent is not None else "-"
+            temp = f"{g.temperature_c:.0f}C" if g.temperature_c is not None else "-"
+            power = (
+                f"{g.power_draw_w or 0:.0f}/{g.power_limit_w:.0f}" if g.power_limit_w is not None else "-"
+            )
+            links = ",".join(str(p) for p in g.nvlink_peers) or "-"
+            out.append(
+                f"  {g.index:>3}  {g.name:<28} {g.vram_used_mb:>6}/{g.vram_total_mb:<8} {util:>5} {temp:>5} "
+                f"{power:>11}  {g.compute_capability or '?':>4}  {links:<8} "
+                f"{'ok' if g.healthy else 'UNHEALTHY: ' + (g.health_reason or '')}"
+            )
+    return "\n".join(out)
+
+
+def _run_gpus(args: argparse.Namespace) -> int:
+    if args.local:
+        from shared.contracts import utc_now
+        from shared.settings import default_host_name
+        from services.detector.backends import open_backend
+        from services.detector.core import PublishDecider
+
+        backend = open_backend(args.backend or ("simulated" if args.fleet else "auto"),
+                               host=default_host_name(), fleet=args.fleet)
+        try:
+            decider = PublishDecider(interval_s=1.0)
+            inventories = [decider.force(scan, 0.0, utc_now()) for scan in backend.scan()]
+        finally:
+            backend.close()
+        print(format_inventories(inventories))
+        return 0
+
+    from shared.bus.nats import connect_once
+    from shared.contracts import RescanRequest
+    from shared.settings import CommonSettings
+    from shared.subjects import DETECTOR_RESCAN, INVENTORY_ALL
+
+    settings = CommonSettings(**({"nats_url": args.nats_url} if args.nats_url else {}))
+
+    async def fetch() -> list[Inventory]:
+        bus = await connect_once(settings.nats_url, service="cli", timeout_s=args.timeout_s)
+        try:
+            if args.rescan:
+                await bus.request(DETECTOR_RESCAN, RescanRequest(reason="cli"), Inventory)
+            return await bus.latest(INVENTORY_ALL, Inventory)
+        finally:
+            await bus.drain()
+
+    print(format_inventories(asyncio.run(fetch())))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gpuplane", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    up = sub.add_parser("up", help="start NATS, PostgreSQL and every service; Ctrl-C stops them all")
+    _add_flags(up, UP_FLAGS)
+
+    for name, extra in SERVICE_FLAGS.items():
+        p = sub.add_parser(name, help=f"run the {name} service alone")
+        _add_flags(p, {**COMMON_FLAGS, **extra})
+
+    gpus = sub.add_parser("gpus", help="print the GPU inventory (from a running stack, or --local)")
+    gpus.add_argument("--nats-url", default=None, help="NATS of the running stack")
+    gpus.add_argument("--rescan", action="store_true", help="ask the detectors to rescan first")
+    gpus.add_argument("--timeout-s", type=float, default=5.0, help="give up on NATS after this long")
+    gpus.add_argument("--local", action="store_true", help="scan this machine now, without a stack")
+    gpus.add_argument("--fleet", type=Path, default=None, help="with --local: simulate this fleet file")
+    gpus.add_argument("--backend", default=None, help="with --local: auto, nvml, nvidia-smi, simulated, none")
+    return parser
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "up": _run_up,
+    "gpus": _run_gpus,
+    **{name: (lambda args, n=name: _run_service(n, args)) for name in SERVICE_FLAGS},
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except ValidationError as exc:
+        for err in exc.errors():
+            field = ".".join(str(p) for p in err["loc"])
+            print(f"gpuplane: invalid setting {field} (GPUPLANE_{field.upper()}): {err['msg']}", file=sys.stderr)
+        return 2
+    except GpuplaneError as exc:
+        print(f"gpuplane: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

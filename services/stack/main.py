@@ -1,0 +1,330 @@
+"""``gpuplane up``: the whole stack on one machine, each part its own supervised OS process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from shared.contracts import Inventory, InventorySource, ServiceName
+from shared.database import redact
+from shared.errors import BusError, ConfigError, GpuplaneError
+from shared.subjects import INVENTORY_ALL
+from services.stack import embedded
+from services.stack.settings import StackSettings
+from services.stack.supervisor import Backoff, ProcessSpec, Supervisor
+
+log = logging.getLogger("gpuplane.up")
+
+SERVICE_ORDER = (
+    ServiceName.DETECTOR,
+    ServiceName.PLANNER,
+    ServiceName.ORCHESTRATOR,
+    ServiceName.ROUTER,
+    ServiceName.API,
+)
+
+
+@dataclass(frozen=True)
+class FleetChoice:
+    fleet: Path | None
+    reason: str
+
+
+def choose_fleet(settings: StackSettings) -> FleetChoice:
+    """Simulate only when asked to, or when this machine has no usable GPU (and say so)."""
+    if settings.fleet is not None:
+        path = settings.fleet.expanduser().resolve()
+        if not path.is_file():
+            raise ConfigError(f"GPUPLANE_FLEET names {path}, which is not a file")
+        return FleetChoice(path, "GPUPLANE_FLEET is set")
+    if settings.detector_backend != "auto":
+        return FleetChoice(None, f"GPUPLANE_DETECTOR_BACKEND={settings.detector_backend}")
+    from services.detector.backends import open_backend
+
+    probe = open_backend("auto", host="probe")
+    try:
+        real = probe.NAME != "none"
+        problems = "; ".join(scan_problem for scan in probe.scan() for scan_problem in scan.problems)
+    finally:
+        probe.close()
+    if real:
+        return FleetChoice(None, f"real GPUs found through {probe.NAME}")
+    path = settings.default_fleet.expanduser().resolve()
+    if not path.is_file():
+        raise ConfigError(f"no GPU found ({problems}) and the default fleet {path} is missing")
+    return FleetChoice(path, f"no GPU found on this machine ({problems})")
+
+
+def _tcp_ready(port: int) -> Callable[[], Awaitable[bool]]:
+    async def ready() -> bool:
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 1.0)
+        except (OSError, TimeoutError):
+            return False
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        return True
+
+    return ready
+
+
+def _postgres_ready(port: int) -> Callable[[], Awaitable[bool]]:
+    async def ready() -> bool:
+        import psycopg
+
+        def probe() -> bool:
+            try:
+                with psycopg.connect(
+                    f"postgresql://{embedded.PG_SUPERUSER}@127.0.0.1:{port}/postgres", connect_timeout=2
+                ):
+                    return True
+            except psycopg.Error:
+                return False
+
+        return await asyncio.to_thread(probe)
+
+    return ready
+
+
+class _StateFile:
+    """``<data dir>/stack.json``: where everything is, for people, tests and ``gpuplane status``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.info: dict[str, object] = {"supervisor_pid": os.getpid(), "pids": {}}
+
+    def update(self, **values: object) -> None:
+        self.info.update(values)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.info, indent=2, default=str))
+        os.replace(tmp, self.path)
+
+    def remove(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+
+def _lock(data_dir: Path) -> IO[str]:
+    handle = open(data_dir / "up.lock", "w")  # noqa: SIM115 - held for the life of the stack
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as exc:
+        handle.close()
+        raise ConfigError(
+            f"another 'gpuplane up' is using {data_dir}; stop it or set GPUPLANE_DATA_DIR to another folder"
+        ) from exc
+    return handle
+
+
+def _check_port_free(port: int, what: str, setting: str) -> None:
+    if embedded.port_in_use(port):
+        raise ConfigError(
+            f"port {port} for {what} is already in use (another gpuplane stack?); "
+            f"set {setting} to a free port"
+        )
+
+
+async def _first_inventory(nats_url: str, timeout_s: float) -> list[Inventory]:
+    from shared.bus.nats import connect_once
+
+    bus = await connect_once(nats_url, service="up", timeout_s=timeout_s)
+    got: asyncio.Queue[Inventory] = asyncio.Queue()
+
+    async def on_inventory(inv: Inventory, _: object) -> None:
+        await got.put(inv)
+
+    try:
+        await bus.subscribe(INVENTORY_ALL, Inventory, on_inventory)  # type: ignore[arg-type]
+        first = await asyncio.wait_for(got.get(), timeout_s)
+        # Other hosts of a simulated fleet publish in the same tick.
+        await asyncio.sleep(0.3)
+        seen = {first.host: first}
+        while not got.empty():
+            inv = got.get_nowait()
+            seen[inv.host] = inv
+        return list(seen.values())
+    finally:
+        await bus.drain()
+
+
+def _banner(
+    settings: StackSettings,
+    nats_url: str,
+    nats_embedded: bool,
+    db_url: str,
+    db_embedded: bool,
+    data_dir: Path,
+    fleet: FleetChoice,
+    inventories: list[Inventory],
+    metrics: dict[ServiceName, int],
+) -> str:
+    api = f"http://{settings.http_host}:{settings.http_port}"
+    lines = [
+        "",
+        "gpuplane is up",
+        f"  API        {api}   (OpenAPI docs: {api}/docs, health: {api}/healthz)",
+        f"  NATS       {nats_url}   ({'embedded, JetStream in ' + str(data_dir / 'nats') if nats_embedded else 'external'})",
+        f"  Database   {redact(db_url)}   ({'embedded, data in ' + str(data_dir / 'postgres') if db_embedded else 'external'})",
+        f"  Logs/data  {data_dir}",
+    ]
+    if metrics:
+        lines.append(
+            "  Metrics    "
+            + ", ".join(f"{name.value} :{port}" for name, port in metrics.items())
+            + f", api {api}/metrics"
+        )
+    for inv in inventories:
+        loud = "   <<< SIMULATED, not real hardware >>>" if inv.source is InventorySource.SIMULATED else ""
+        lines.append(f"  GPUs       host {inv.host}: {inv.status_message} (source: {inv.source.value}){loud}")
+        for gpu in inv.gpus:
+            lines.append(
+                f"             GPU {gpu.index}  {gpu.name:<28} {gpu.vram_total_mb:>6} MB  "
+                f"cc {gpu.compute_capability or '?'}  {'healthy' if gpu.healthy else 'UNHEALTHY'}"
+            )
+    if fleet.fleet is not None:
+        lines.append(f"  Fleet      {fleet.fleet}  ({fleet.reason})")
+    if not inventories:
+        lines.append("  GPUs       no inventory yet (the detector has not reported; see the log above)")
+    lines.append("Press Ctrl-C to stop everything.")
+    return "\n".join(lines)
+
+
+async def run_stack(settings: StackSettings) -> int:
+    """Run until SIGINT/SIGTERM; returns the process exit code."""
+    data_dir = settings.data_dir.expanduser().resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    lock = _lock(data_dir)
+    state = _StateFile(data_dir / "stack.json")
+    supervisor = Supervisor(
+        Backoff(initial_s=settings.restart_backoff_initial_s, max_s=settings.restart_backoff_max_s),
+        on_change=lambda pids: state.update(pids=pids),
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    async def start_everything() -> None:
+        fleet = await asyncio.to_thread(choose_fleet, settings)
+        if fleet.fleet is not None and settings.fleet is None:
+            log.warning("NO GPU FOUND: simulating the fleet in %s (%s)", fleet.fleet, fleet.reason)
+
+        if settings.nats_url:
+            nats_url, nats_embedded = settings.nats_url, False
+        else:
+            _check_port_free(settings.nats_port, "NATS", "GPUPLANE_NATS_PORT")
+            layout, argv = embedded.prepare_nats(data_dir, settings.nats_port)
+            await supervisor.start(
+                ProcessSpec(
+                    name="nats-server",
+                    argv=argv,
+                    log_file=layout.log.with_suffix(".out"),
+                    ready=_tcp_ready(settings.nats_port),
+                    ready_timeout_s=settings.startup_timeout_s,
+                )
+            )
+            nats_url, nats_embedded = layout.url, True
+
+        if settings.database_url:
+            db_url, db_embedded = settings.database_url, False
+        else:
+            pg_port = settings.postgres_port or embedded.free_port()
+            _check_port_free(pg_port, "PostgreSQL", "GPUPLANE_POSTGRES_PORT")
+            pg_layout, pg_argv = await asyncio.to_thread(embedded.prepare_postgres, data_dir, pg_port)
+            await supervisor.start(
+                ProcessSpec(
+                    name="postgres",
+                    argv=pg_argv,
+                    user=pg_layout.system_user,
+                    log_file=pg_layout.log,
+                    stop_signal=signal.SIGINT,  # "fast" shutdown: do not wait for clients
+                    ready=_postgres_ready(pg_port),
+                    ready_timeout_s=settings.startup_timeout_s,
+                )
+            )
+            await asyncio.to_thread(embedded.create_database_if_missing, pg_layout)
+            db_url, db_embedded = pg_layout.url(), True
+
+        _check_port_free(settings.http_port, "the API", "GPUPLANE_HTTP_PORT")
+        base = settings.metrics_base_port if settings.metrics_base_port is not None else settings.http_port
+        metrics = (
+            {name: base + i + 1 for i, name in enumerate(SERVICE_ORDER[:-1])} if base else {}
+        )
+        common = {
+            "GPUPLANE_NATS_URL": nats_url,
+            "GPUPLANE_DATABASE_URL": db_url,
+            "GPUPLANE_LOG_LEVEL": settings.log_level,
+            "PYTHONUNBUFFERED": "1",
+        }
+        for name in SERVICE_ORDER:
+            env = dict(common)
+            if name in metrics:
+                env["GPUPLANE_METRICS_PORT"] = str(metrics[name])
+            if name is ServiceName.DETECTOR:
+                env["GPUPLANE_DETECTOR_BACKEND"] = "simulated" if fleet.fleet else settings.detector_backend
+                if fleet.fleet:
+                    env["GPUPLANE_FLEET"] = str(fleet.fleet)
+            if name is ServiceName.API:
+                env["GPUPLANE_HTTP_PORT"] = str(settings.http_port)
+                env["GPUPLANE_HTTP_HOST"] = settings.http_host
+            await supervisor.start(
+                ProcessSpec(name=name.value, argv=[sys.executable, "-m", "services.cli", name.value], env=env)
+            )
+        state.update(
+            api_url=f"http://{settings.http_host}:{settings.http_port}",
+            nats_url=nats_url,
+            database_url=redact(db_url),
+            data_dir=str(data_dir),
+            fleet=str(fleet.fleet) if fleet.fleet else None,
+        )
+
+        try:
+            inventories = await _first_inventory(nats_url, settings.startup_timeout_s)
+        except (TimeoutError, BusError) as exc:
+            log.warning("no inventory from the detector yet: %s", exc or "timed out")
+            inventories = []
+        api_ready = _tcp_ready(settings.http_port)
+        for _ in range(int(settings.startup_timeout_s * 10)):
+            if await api_ready():
+                break
+            await asyncio.sleep(0.1)
+        print(
+            _banner(settings, nats_url, nats_embedded, db_url, db_embedded, data_dir, fleet, inventories, metrics),
+            flush=True,
+        )
+        state.update(ready=True)
+
+    startup = asyncio.create_task(start_everything(), name="startup")
+    stopping = asyncio.create_task(stop.wait(), name="stop-signal")
+    code = 0
+    try:
+        done, _ = await asyncio.wait({startup, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if startup in done:
+            startup.result()
+            await stopping
+        else:
+            startup.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await startup
+    except GpuplaneError as exc:
+        log.error("cannot start the stack: %s", exc)
+        code = 1
+    finally:
+        stopping.cancel()
+        print("\nstopping gpuplane ...", flush=True)
+        await supervisor.stop_all()
+        state.remove()
+        lock.close()
+        print("gpuplane stopped; no process left behind.", flush=True)
+    return code

@@ -1,0 +1,44 @@
+"""Settings of ``gpuplane up``: the whole stack on one machine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.settings import DEFAULT_HTTP_PORT, DEFAULT_NATS_PORT
+
+
+class StackSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GPUPLANE_", extra="ignore", frozen=True)
+
+    http_port: int = Field(default=DEFAULT_HTTP_PORT, ge=1, le=65535, description="API gateway port.")
+    http_host: str = Field(default="127.0.0.1", description="Address the API gateway listens on.")
+    nats_port: int = Field(default=DEFAULT_NATS_PORT, ge=1, le=65535, description="Embedded NATS port.")
+    nats_url: str | None = Field(
+        default=None, description="Use this NATS instead of starting the embedded one."
+    )
+    database_url: str | None = Field(
+        default=None, description="Use this PostgreSQL instead of starting the embedded one."
+    )
+    postgres_port: int = Field(
+        default=0, ge=0, le=65535, description="Port of the embedded PostgreSQL (0: any free port)."
+    )
+    data_dir: Path = Field(default=Path(".gpuplane"), description="Where NATS, PostgreSQL and logs keep data.")
+    fleet: Path | None = Field(default=None, description="Simulated fleet file; forces the simulated detector.")
+    default_fleet: Path = Field(
+        default=Path("deploy/fleets/reference.yaml"),
+        description="Fleet simulated when no GPU is found and GPUPLANE_FLEET is unset.",
+    )
+    detector_backend: str = Field(default="auto", description="auto, nvml, nvidia-smi, simulated or none.")
+    metrics_base_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="Services serve metrics on this port + 1..4 (default: HTTP port + 1..4; 0: off).",
+    )
+    log_level: str = Field(default="INFO")
+    startup_timeout_s: float = Field(default=60.0, gt=0, description="How long dependencies may take to start.")
+    restart_backoff_initial_s: float = Field(default=0.5, gt=0)
+    restart_backoff_max_s: float = Field(default=30.0, gt=0)

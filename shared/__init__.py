@@ -1,0 +1,3 @@
+"""What every gpuplane process shares: contracts, subjects, the bus, settings, database, telemetry."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,235 @@
+"""The bus on a real NATS server (nats-py), with JetStream for events late subscribers need."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
+
+from shared.bus.base import Handler, M, R
+from shared.bus.core import Dispatcher, decode, decode_reply, encode, outgoing_headers
+from shared.contracts import Message
+from shared.errors import BusError, BusUnavailable, NoResponders, RequestTimeout
+from shared.subjects import STREAMS, StreamSpec, stream_for
+from shared.telemetry import bus_metrics
+
+log = logging.getLogger(__name__)
+
+# nats-py's default (60 attempts) gives up after about two minutes; a control plane never should.
+RECONNECT_FOREVER = -1
+# Publishes made while disconnected wait in this buffer and go out on reconnect.
+RECONNECT_BUFFER_BYTES = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class _NatsSubscription:
+    sub: nats.aio.subscription.Subscription
+
+    async def unsubscribe(self) -> None:
+        await self.sub.unsubscribe()
+
+
+class NatsBus:
+    """A ``Bus`` on nats-py. Build it with :func:`connect`."""
+
+    def __init__(self, nc: Client, service: str, default_timeout_s: float) -> None:
+        self._nc = nc
+        self._js = nc.jetstream(timeout=default_timeout_s)
+        self._service = service
+        self._timeout_s = default_timeout_s
+        self._dispatcher = Dispatcher(service, bus_metrics())
+        self._metrics = bus_metrics()
+        self._tracer = trace.get_tracer("gpuplane.bus")
+        self._jetstream_ok = True
+
+    @property
+    def is_connected(self) -> bool:
+        return self._nc.is_connected
+
+    @property
+    def client(self) -> Client:
+        return self._nc
+
+    async def ensure_streams(self, specs: tuple[StreamSpec, ...] = STREAMS) -> None:
+        """Create or update the event streams. Without JetStream, events are still published, not kept."""
+        for spec in specs:
+            config = StreamConfig(
+                name=spec.name,
+                subjects=list(spec.subjects),
+                retention=RetentionPolicy.LIMITS,
+                storage=StorageType.FILE,
+                discard=DiscardPolicy.OLD,
+                max_msgs_per_subject=spec.max_msgs_per_subject,
+                max_age=spec.max_age_s,
+                num_replicas=1,
+            )
+            try:
+                try:
+                    await self._js.stream_info(spec.name)
+                except nats.js.errors.NotFoundError:
+                    await self._js.add_stream(config)
+                    log.info("created JetStream stream %s for %s", spec.name, ", ".join(spec.subjects))
+                else:
+                    await self._js.update_stream(config)
+            except (nats.errors.NoRespondersError, nats.js.errors.ServiceUnavailableError) as exc:
+                self._jetstream_ok = False
+                log.warning(
+                    "JetStream is not enabled on %s (%s): events are published but not kept for late readers",
+                    self._nc.connected_url.geturl() if self._nc.connected_url else "nats",
+                    type(exc).__name__,
+                )
+                return
+
+    async def publish(self, subject: str, message: Message) -> None:
+        headers = outgoing_headers(message)
+        data = encode(message)
+        with self._tracer.start_as_current_span(
+            f"send {subject}", kind=SpanKind.PRODUCER, attributes={"messaging.system": "nats"}
+        ):
+            try:
+                if self._jetstream_ok and stream_for(subject) is not None:
+                    # Acknowledged by the server once stored (fsync'd with sync_interval: always).
+                    await self._js.publish(subject, data, headers=headers)
+                else:
+                    await self._nc.publish(subject, data, headers=headers)
+            except (nats.errors.Error, TimeoutError) as exc:
+                self._metrics.publish_errors.labels(self._service, message.type).inc()
+                raise BusError(f"publish to {subject} failed: {type(exc).__name__}: {exc}") from exc
+        self._metrics.published.labels(self._service, message.type).inc()
+
+    async def subscribe(
+        self, subject: str, message_type: type[M], handler: Handler[M], *, queue: str | None = None
+    ) -> _NatsSubscription:
+        async def on_message(msg: Msg) -> None:
+            reply = await self._dispatcher.dispatch(
+                pattern=subject,
+                subject=msg.subject,
+                data=msg.data,
+                headers=msg.headers,
+                message_type=message_type,
+                handler=handler,
+                reply_expected=bool(msg.reply),
+            )
+            if reply is not None and msg.reply:
+                try:
+                    await self._nc.publish(msg.reply, encode(reply), headers=outgoing_headers(reply))
+                except nats.errors.Error as exc:
+                    log.warning("could not answer on %s: %s", msg.subject, exc)
+
+        sub = await self._nc.subscribe(subject, queue=queue or "", cb=on_message)
+        return _NatsSubscription(sub)
+
+    async def request(
+        self, subject: str, message: Message, reply_type: type[R], *, timeout_s: float | None = None
+    ) -> R:
+        timeout = timeout_s or self._timeout_s
+        if not self._nc.is_connected:
+            raise BusUnavailable(f"not connected to NATS; cannot ask {subject}")
+        with self._tracer.start_as_current_span(
+            f"request {subject}", kind=SpanKind.CLIENT, attributes={"messaging.system": "nats"}
+        ):
+            try:
+                msg = await self._nc.request(
+                    subject, encode(message), timeout=timeout, headers=outgoing_headers(message)
+                )
+            except nats.errors.NoRespondersError as exc:
+                raise NoResponders(subject) from exc
+            except nats.errors.TimeoutError as exc:
+                raise RequestTimeout(subject, timeout) from exc
+            except nats.errors.Error as exc:
+                raise BusUnavailable(f"request to {subject} failed: {type(exc).__name__}: {exc}") from exc
+        return decode_reply(msg.data, reply_type, subject)
+
+    async def latest(self, subject_filter: str, message_type: type[M]) -> list[M]:
+        spec = stream_for(subject_filter.replace(">", "x").replace("*", "x"))
+        if spec is None or not self._jetstream_ok:
+            return []
+        try:
+            info = await self._js.stream_info(spec.name, subjects_filter=subject_filter)
+            subjects = sorted((info.state.subjects or {}).keys())
+            found: list[M] = []
+            for subject in subjects:
+                raw = await self._js.get_last_msg(spec.name, subject)
+                if raw.data is not None:
+                    found.append(decode(raw.data, message_type, subject))
+            return found
+        except nats.js.errors.NotFoundError:
+            return []
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise BusError(f"reading the latest {subject_filter} failed: {type(exc).__name__}: {exc}") from exc
+
+    async def drain(self) -> None:
+        if self._nc.is_closed:
+            return
+        try:
+            await self._nc.drain()
+        except (nats.errors.Error, TimeoutError) as exc:
+            log.warning("drain did not finish cleanly: %s", exc)
+            await self._nc.close()
+
+
+async def connect(
+    servers: str,
+    *,
+    service: str,
+    name: str | None = None,
+    request_timeout_s: float = 5.0,
+    drain_timeout_s: float = 5.0,
+    reconnect_wait_s: float = 1.0,
+) -> NatsBus:
+    """Connect (waiting for the server as long as it takes) and return a bus.
+
+    Reconnects forever; while disconnected, publishes are buffered and subscriptions are
+    restored on reconnect.
+    """
+    state = {"last_error_log": 0.0}
+
+    async def on_error(exc: Exception) -> None:
+        now = time.monotonic()
+        # A dead server makes nats-py report every attempt; one line every 10 s is enough.
+        if now - state["last_error_log"] >= 10.0:
+            state["last_error_log"] = now
+            log.warning("NATS connection problem (%s): %s", type(exc).__name__, exc)
+
+    async def on_disconnected() -> None:
+        log.warning("disconnected from NATS; reconnecting (buffering publishes)")
+
+    async def on_reconnected() -> None:
+        state["last_error_log"] = 0.0
+        log.info("reconnected to NATS at %s", nc.connected_url.geturl() if nc.connected_url else "?")
+
+    nc = Client()
+    await nc.connect(
+        servers=[s.strip() for s in servers.split(",") if s.strip()],
+        name=name or f"gpuplane-{service}",
+        allow_reconnect=True,
+        max_reconnect_attempts=RECONNECT_FOREVER,
+        reconnect_time_wait=reconnect_wait_s,
+        connect_timeout=2,
+        pending_size=RECONNECT_BUFFER_BYTES,
+        drain_timeout=int(max(1, drain_timeout_s)),
+        error_cb=on_error,
+        disconnected_cb=on_disconnected,
+        reconnected_cb=on_reconnected,
+    )
+    bus = NatsBus(nc, service, request_timeout_s)
+    await bus.ensure_streams()
+    return bus
+
+
+async def connect_once(servers: str, *, service: str, timeout_s: float) -> NatsBus:
+    """Like :func:`connect`, but fail with ``BusUnavailable`` if no server answers in time."""
+    try:
+        return await asyncio.wait_for(connect(servers, service=service), timeout_s)
+    except TimeoutError as exc:
+        raise BusUnavailable(f"no NATS server answered at {servers} within {timeout_s:g} s") from exc

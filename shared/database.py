@@ -1,0 +1,49 @@
+"""PostgreSQL engine factory (SQLAlchemy 2 over psycopg 3)."""
+
+from __future__ import annotations
+
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
+from shared.errors import ConfigError, GpuplaneError
+
+
+class DatabaseUnavailable(GpuplaneError):
+    """The database did not answer."""
+
+
+def normalize_url(url: str) -> str:
+    """Accept the usual ``postgresql://`` / ``postgres://`` forms and pin the psycopg 3 driver."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise ConfigError(f"GPUPLANE_DATABASE_URL is not a database URL: {url!r}") from exc
+    if parsed.get_backend_name() not in ("postgresql", "postgres"):
+        raise ConfigError(f"GPUPLANE_DATABASE_URL must point at PostgreSQL, got {parsed.get_backend_name()!r}")
+    return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+
+
+def redact(url: str) -> str:
+    """The URL with its password hidden, for logs and banners."""
+    return make_url(normalize_url(url)).render_as_string(hide_password=True)
+
+
+def make_engine(url: str, *, connect_timeout_s: int = 5, pool_size: int = 5) -> Engine:
+    """An engine that checks connections before use, so a restarted database is survived."""
+    return create_engine(
+        normalize_url(url),
+        pool_pre_ping=True,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        connect_args={"connect_timeout": connect_timeout_s, "application_name": "gpuplane"},
+    )
+
+
+def ping(engine: Engine) -> str:
+    """Return the server version, or raise ``DatabaseUnavailable`` with the driver's reason."""
+    try:
+        with engine.connect() as conn:
+            return str(conn.execute(text("SHOW server_version")).scalar_one())
+    except SQLAlchemyError as exc:
+        raise DatabaseUnavailable(f"database unreachable: {exc.__class__.__name__}: {exc.orig or exc}") from exc

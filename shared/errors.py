@@ -1,0 +1,58 @@
+"""Typed errors. They are raised deep and caught only at a boundary (CLI, HTTP, bus handler)."""
+
+from __future__ import annotations
+
+
+class GpuplaneError(Exception):
+    """Base of every error gpuplane raises on purpose."""
+
+
+class ConfigError(GpuplaneError):
+    """A setting, file or flag is wrong; the message names it."""
+
+
+class BusError(GpuplaneError):
+    """Talking to NATS failed."""
+
+
+class NoResponders(BusError):
+    """A request reached nobody: the service that answers it is not running."""
+
+    def __init__(self, subject: str) -> None:
+        super().__init__(f"no service is answering on {subject}")
+        self.subject = subject
+
+
+class RequestTimeout(BusError):
+    """A request reached a responder, but no answer came in time."""
+
+    def __init__(self, subject: str, timeout_s: float) -> None:
+        super().__init__(f"no answer on {subject} within {timeout_s:g} s")
+        self.subject = subject
+        self.timeout_s = timeout_s
+
+
+class BusUnavailable(BusError):
+    """Not connected to NATS (and the operation cannot be buffered)."""
+
+
+class RemoteError(BusError):
+    """The responder answered with an error reply."""
+
+    def __init__(self, subject: str, code: str, message: str) -> None:
+        super().__init__(f"{subject}: {message}")
+        self.subject = subject
+        self.code = code
+        self.remote_message = message
+
+
+class ContractError(BusError):
+    """A message on the bus did not match its contract."""
+
+
+class DetectionError(GpuplaneError):
+    """A GPU backend could not produce an inventory; the message says why."""
+
+
+class ProcessStartError(GpuplaneError):
+    """An embedded dependency (nats-server, PostgreSQL) did not start."""

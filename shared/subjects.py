@@ -1,0 +1,108 @@
+"""Every NATS subject and stream gpuplane uses. Nothing else builds a subject string.
+
+Naming: ``gpuplane.<topic>.<qualifier...>``. Per-host subjects end in the host name so that
+``<prefix>.>`` sees every host.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from shared.contracts import ServiceName
+
+PREFIX = "gpuplane"
+
+_TOKEN = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+class InvalidSubjectToken(ValueError):
+    """A host or service name that cannot be one NATS subject token."""
+
+
+def token(value: str) -> str:
+    """Turn a free-form name (a hostname with dots, say) into one safe subject token."""
+    cleaned = re.sub(r"[^A-Za-z0-9_-]", "_", value.strip())
+    if not cleaned or not _TOKEN.match(cleaned):
+        raise InvalidSubjectToken(f"cannot use {value!r} in a NATS subject")
+    return cleaned
+
+
+# Inventory, one subject per host.
+INVENTORY_ALL = f"{PREFIX}.inventory.>"
+
+
+def inventory(host: str) -> str:
+    return f"{PREFIX}.inventory.{token(host)}"
+
+
+# GPU health transitions, one subject per host.
+GPU_HEALTH_ALL = f"{PREFIX}.gpu_health.>"
+
+
+def gpu_health(host: str) -> str:
+    return f"{PREFIX}.gpu_health.{token(host)}"
+
+
+# Rescan: every detector listens (no queue group), so one request makes every host rescan.
+DETECTOR_RESCAN = f"{PREFIX}.detector.rescan"
+
+# Liveness.
+HEARTBEAT_ALL = f"{PREFIX}.heartbeat.>"
+
+
+def heartbeat(service: ServiceName) -> str:
+    return f"{PREFIX}.heartbeat.{service.value}"
+
+
+def health(service: ServiceName) -> str:
+    """Request/reply health check, answered by one instance of the service (queue group)."""
+    return f"{PREFIX}.svc.{service.value}.health"
+
+
+def queue_group(service: ServiceName) -> str:
+    return f"{PREFIX}-{service.value}"
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    """A JetStream stream that keeps the latest events for late subscribers."""
+
+    name: str
+    subjects: tuple[str, ...]
+    max_msgs_per_subject: int
+    max_age_s: float
+
+
+# Events a UI that connects late needs: the latest inventory of every host (later: plans,
+# apply progress). Only a short history per subject is kept; the latest is what matters.
+EVENTS_STREAM = StreamSpec(
+    name="GPUPLANE_EVENTS",
+    subjects=(INVENTORY_ALL, GPU_HEALTH_ALL),
+    max_msgs_per_subject=16,
+    max_age_s=7 * 24 * 3600.0,
+)
+
+STREAMS: tuple[StreamSpec, ...] = (EVENTS_STREAM,)
+
+
+def stream_for(subject: str) -> StreamSpec | None:
+    """The stream whose subjects cover ``subject``, if any."""
+    for spec in STREAMS:
+        if any(matches(pattern, subject) for pattern in spec.subjects):
+            return spec
+    return None
+
+
+def matches(pattern: str, subject: str) -> bool:
+    """NATS wildcard match: ``*`` is one token, ``>`` is one or more trailing tokens."""
+    p_tokens = pattern.split(".")
+    s_tokens = subject.split(".")
+    for i, p in enumerate(p_tokens):
+        if p == ">":
+            return len(s_tokens) > i
+        if i >= len(s_tokens):
+            return False
+        if p != "*" and p != s_tokens[i]:
+            return False
+    return len(p_tokens) == len(s_tokens)
