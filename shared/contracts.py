@@ -103,7 +103,8 @@ class Inventory(Message):
         if not self.gpus:
             detail = "; ".join(self.problems)
             return f"No GPUs detected ({detail})" if detail else "No GPUs detected"
-        return f"{len(self.gpus)} GPU(s) from {self.source.value}"
+        count = len(self.gpus)
+        return f"{count} GPU{'' if count == 1 else 's'} ({self.source.value})"
 
 
 class GpuHealthChanged(Message):

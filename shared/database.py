@@ -25,8 +25,9 @@ def normalize_url(url: str) -> str:
 
 
 def redact(url: str) -> str:
-    """The URL with its password hidden, for logs and banners."""
-    return make_url(normalize_url(url)).render_as_string(hide_password=True)
+    """The URL as the user wrote it, with its password hidden, for logs and banners."""
+    normalize_url(url)
+    return make_url(url).render_as_string(hide_password=True)
 
 
 def make_engine(url: str, *, connect_timeout_s: int = 5, pool_size: int = 5) -> Engine:

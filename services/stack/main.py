@@ -59,10 +59,18 @@ def choose_fleet(settings: StackSettings) -> FleetChoice:
         probe.close()
     if real:
         return FleetChoice(None, f"real GPUs found through {probe.NAME}")
-    path = settings.default_fleet.expanduser().resolve()
+    path = _project_file(settings.default_fleet)
     if not path.is_file():
         raise ConfigError(f"no GPU found ({problems}) and the default fleet {path} is missing")
     return FleetChoice(path, f"no GPU found on this machine ({problems})")
+
+
+def _project_file(path: Path) -> Path:
+    """A relative path from the current folder, else from the project root (deploy/ ships there)."""
+    path = path.expanduser()
+    if path.is_absolute() or path.exists():
+        return path.resolve()
+    return (Path(__file__).resolve().parents[2] / path).resolve()
 
 
 def _tcp_ready(port: int) -> Callable[[], Awaitable[bool]]:
@@ -186,7 +194,7 @@ def _banner(
         )
     for inv in inventories:
         loud = "   <<< SIMULATED, not real hardware >>>" if inv.source is InventorySource.SIMULATED else ""
-        lines.append(f"  GPUs       host {inv.host}: {inv.status_message} (source: {inv.source.value}){loud}")
+        lines.append(f"  GPUs       host {inv.host}: {inv.status_message}, source: {inv.source.value}{loud}")
         for gpu in inv.gpus:
             lines.append(
                 f"             GPU {gpu.index}  {gpu.name:<28} {gpu.vram_total_mb:>6} MB  "

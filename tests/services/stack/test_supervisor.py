@@ -1,0 +1,98 @@
+"""The supervisor with real child processes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+
+import pytest
+
+from services.stack.supervisor import Backoff, ProcessSpec, Supervisor
+from shared.errors import ProcessStartError
+from tests.realdeps import pids_alive
+
+
+@pytest.mark.parametrize(
+    "previous,uptime,expected",
+    [
+        (None, 0.1, 0.5),      # first crash
+        (0.5, 0.1, 1.0),       # quick crash again: doubles
+        (16.0, 0.1, 30.0),     # capped
+        (16.0, 31.0, 0.5),     # stayed up long enough: reset
+    ],
+)
+def test_backoff(previous: float | None, uptime: float, expected: float) -> None:
+    assert Backoff(initial_s=0.5, max_s=30, reset_after_s=30).delay(previous, uptime) == expected
+
+
+def sleeper(name: str, *, crash_after_s: float | None = None) -> ProcessSpec:
+    code = (
+        f"import time; time.sleep({crash_after_s}); raise SystemExit(3)"
+        if crash_after_s is not None
+        else "import time; time.sleep(600)"
+    )
+    return ProcessSpec(name=name, argv=[sys.executable, "-c", code], stop_timeout_s=2)
+
+
+async def test_crashed_child_is_restarted_and_logged(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="gpuplane.supervisor")
+    seen: list[dict[str, int]] = []
+    sup = Supervisor(Backoff(initial_s=0.1, max_s=0.2), on_change=seen.append)
+    try:
+        child = await sup.start(sleeper("crasher", crash_after_s=0.2))
+        first_pid = child.pid
+        for _ in range(100):
+            if len({s["crasher"] for s in seen}) >= 3:
+                break
+            await asyncio.sleep(0.05)
+        assert child.restarts >= 2
+        assert child.pid != first_pid
+        assert "crasher (pid" in caplog.text and "exited with code 3" in caplog.text and "restart #1" in caplog.text
+        assert len({s["crasher"] for s in seen}) >= 3
+    finally:
+        await sup.stop_all()
+
+
+async def test_stop_all_leaves_no_process_including_grandchildren() -> None:
+    sup = Supervisor(Backoff())
+    # The child starts a grandchild in its own process group; both must go.
+    code = (
+        "import subprocess, sys, time; "
+        "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)']); "
+        "print(p.pid, flush=True); time.sleep(600)"
+    )
+    import tempfile
+    from pathlib import Path
+
+    out = Path(tempfile.mkdtemp()) / "out.log"
+    child = await sup.start(
+        ProcessSpec(name="parent", argv=[sys.executable, "-c", code], log_file=out, stop_timeout_s=1)
+    )
+    for _ in range(100):
+        if out.exists() and out.read_text().strip():
+            break
+        await asyncio.sleep(0.05)
+    grandchild = int(out.read_text().split()[0])
+    parent = child.pid
+    assert parent is not None
+    assert pids_alive([parent, grandchild]) == [parent, grandchild]
+    await sup.stop_all()
+    await asyncio.sleep(0.2)
+    assert pids_alive([parent, grandchild]) == []
+
+
+async def test_child_that_dies_while_starting_is_a_clear_error() -> None:
+    sup = Supervisor(Backoff())
+
+    async def never_ready() -> bool:
+        return False
+
+    spec = ProcessSpec(
+        name="dies", argv=[sys.executable, "-c", "raise SystemExit(7)"], ready=never_ready, ready_timeout_s=5
+    )
+    try:
+        with pytest.raises(ProcessStartError, match="dies exited with code 7 while starting"):
+            await sup.start(spec)
+    finally:
+        await sup.stop_all()

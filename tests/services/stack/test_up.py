@@ -1,0 +1,199 @@
+"""`gpuplane up` end to end, as a user runs it: real nats-server, real PostgreSQL, five services.
+
+One stack for the module (it takes seconds to start); the tests run in file order and the last
+one stops it and checks that nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import nats
+import pytest
+
+from services.stack.embedded import free_port
+from tests.realdeps import pids_alive
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+@dataclass
+class Stack:
+    process: subprocess.Popen[bytes]
+    data_dir: Path
+    http_port: int
+    nats_port: int
+    log: Path
+
+    @property
+    def api(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def nats_url(self) -> str:
+        return f"nats://127.0.0.1:{self.nats_port}"
+
+    def state(self) -> dict[str, object]:
+        return json.loads((self.data_dir / "stack.json").read_text())
+
+    def pids(self) -> dict[str, int]:
+        return dict(self.state()["pids"])  # type: ignore[arg-type]
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def wait_until(predicate, timeout_s: float, what: str, stack: Stack | None = None) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return
+        except (OSError, ValueError, KeyError, httpx.HTTPError):
+            pass
+        time.sleep(0.1)
+    tail = stack.output()[-4000:] if stack else ""
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}\n{tail}")
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    root = tmp_path_factory.mktemp("stack")
+    http_port, nats_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "GPUPLANE_HTTP_PORT": str(http_port),
+        "GPUPLANE_NATS_PORT": str(nats_port),
+        "GPUPLANE_DATA_DIR": str(root / "data"),
+        "GPUPLANE_METRICS_BASE_PORT": "0",
+        "PYTHONUNBUFFERED": "1",
+    }
+    # No GPUPLANE_FLEET: like `make up` on a machine without GPUs, it must fall back to the
+    # reference fleet on its own and say so.
+    env.pop("GPUPLANE_FLEET", None)
+    log = root / "up.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "services.cli", "up"], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+    s = Stack(proc, root / "data", http_port, nats_port, log)
+    try:
+        wait_until(lambda: s.state().get("ready") is True, 120, "the stack to be ready", s)
+        yield s
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+
+
+async def first_inventory(nats_url: str, timeout_s: float) -> tuple[str, dict[str, object], float]:
+    nc = await nats.connect(nats_url)
+    got: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
+
+    async def cb(msg) -> None:  # type: ignore[no-untyped-def]
+        await got.put((msg.subject, msg.data))
+
+    try:
+        started = time.monotonic()
+        await nc.subscribe("gpuplane.inventory.>", cb=cb)
+        subject, data = await asyncio.wait_for(got.get(), timeout_s)
+        return subject, json.loads(data), time.monotonic() - started
+    finally:
+        await nc.close()
+
+
+def test_banner_says_where_everything_is_and_that_gpus_are_simulated(stack: Stack) -> None:
+    out = stack.output()
+    assert "gpuplane is up" in out
+    assert f"http://127.0.0.1:{stack.http_port}" in out
+    assert stack.nats_url in out
+    assert "postgresql://postgres@127.0.0.1:" in out
+    assert "NVIDIA RTX A5500" in out and "NVIDIA RTX A400" in out
+    assert "source: simulated" in out and "SIMULATED" in out
+    assert "NO GPU FOUND" in out
+
+
+def test_api_lists_the_two_reference_gpus_as_simulated(stack: Stack) -> None:
+    body = httpx.get(f"{stack.api}/api/system/gpus", timeout=5).json()
+    assert body["source"] == "simulated"
+    assert [(g["index"], g["name"], g["vram_total_mb"], g["compute_capability"]) for g in body["gpus"]] == [
+        (0, "NVIDIA RTX A5500", 24564, "8.6"),
+        (1, "NVIDIA RTX A400", 4094, "8.6"),
+    ]
+
+
+def test_nats_subscriber_gets_inventory_within_5_s(stack: Stack) -> None:
+    subject, body, waited = asyncio.run(first_inventory(stack.nats_url, 5))
+    assert subject.startswith("gpuplane.inventory.")
+    assert body["type"] == "gpuplane.inventory.v1" and body["source"] == "simulated"
+    assert waited < 5
+
+
+def test_healthz_all_green_with_real_database(stack: Stack) -> None:
+    def green() -> bool:
+        r = httpx.get(f"{stack.api}/healthz", timeout=10)
+        return r.status_code == 200
+
+    wait_until(green, 30, "healthz to be green", stack)
+    body = httpx.get(f"{stack.api}/healthz", timeout=10).json()
+    assert body["database"]["ok"] is True and body["database"]["detail"].startswith("PostgreSQL 18")
+    assert all(s["ok"] for s in body["services"].values())
+
+
+def test_rescan_through_the_api(stack: Stack) -> None:
+    r = httpx.post(f"{stack.api}/api/system/gpu-config/detect", timeout=10)
+    assert r.status_code == 200
+    assert len(r.json()["gpus"]) == 2
+
+
+def test_metrics_endpoint_has_per_gpu_series(stack: Stack) -> None:
+    text = httpx.get(f"{stack.api}/metrics", timeout=5).text
+    assert "gpuplane_gpu_memory_total_bytes" in text and 'name="NVIDIA RTX A400"' in text
+
+
+def test_killed_detector_is_restarted_and_inventory_resumes(stack: Stack) -> None:
+    old = stack.pids()["detector"]
+    os.kill(old, signal.SIGKILL)
+    wait_until(lambda: stack.pids()["detector"] != old, 20, "the detector to be restarted", stack)
+    assert "detector (pid %d) exited with code -9" % old in stack.output()
+    _, body, _ = asyncio.run(first_inventory(stack.nats_url, 10))
+    assert body["source"] == "simulated"
+
+
+def test_services_reconnect_when_nats_server_comes_back(stack: Stack) -> None:
+    before = stack.pids()
+    os.kill(before["nats-server"], signal.SIGKILL)
+    wait_until(lambda: stack.pids()["nats-server"] != before["nats-server"], 20, "nats-server restart", stack)
+    _, body, _ = asyncio.run(first_inventory(stack.nats_url, 15))
+    assert body["type"] == "gpuplane.inventory.v1"
+
+    def green() -> bool:
+        return httpx.get(f"{stack.api}/healthz", timeout=10).status_code == 200
+
+    wait_until(green, 30, "every service to report again after the NATS restart", stack)
+    after = stack.pids()
+    for service in ("detector", "planner", "orchestrator", "router", "api", "postgres"):
+        assert after[service] == before[service], f"{service} was restarted instead of reconnecting"
+
+
+def test_sigint_stops_everything_and_leaves_no_process(stack: Stack) -> None:
+    pids = list(stack.pids().values())
+    assert len(pids) == 7
+    stack.process.send_signal(signal.SIGINT)
+    assert stack.process.wait(60) == 0
+    time.sleep(0.5)
+    assert pids_alive(pids) == []
+    assert "gpuplane stopped; no process left behind." in stack.output()
+    assert not (stack.data_dir / "stack.json").exists()
