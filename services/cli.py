@@ -126,10 +126,10 @@ def format_inventories(inventories: Sequence[Inventory]) -> str:
 
 def _run_gpus(args: argparse.Namespace) -> int:
     if args.local:
-        from shared.contracts import utc_now
-        from shared.settings import default_host_name
         from services.detector.backends import open_backend
         from services.detector.core import PublishDecider
+        from shared.contracts import utc_now
+        from shared.settings import default_host_name
 
         backend = open_backend(args.backend or ("simulated" if args.fleet else "auto"),
                                host=default_host_name(), fleet=args.fleet)
@@ -161,6 +161,41 @@ def _run_gpus(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_watch(args: argparse.Namespace) -> int:
+    """Print every message on a subject as it arrives: a plain NATS subscriber, nothing decoded."""
+    import nats as nats_client
+
+    from shared.settings import CommonSettings
+
+    url = args.nats_url or CommonSettings().nats_url
+
+    async def watch() -> None:
+        nc = await nats_client.connect(url, connect_timeout=args.timeout_s, max_reconnect_attempts=-1)
+        count = 0
+        done = asyncio.Event()
+
+        async def on_message(msg: Any) -> None:
+            nonlocal count
+            count += 1
+            text = msg.data.decode(errors="replace")
+            print(f"[{msg.subject}] {text if args.full else text[:args.width]}", flush=True)
+            if args.count and count >= args.count:
+                done.set()
+
+        await nc.subscribe(args.subject, cb=on_message)
+        print(f"watching {args.subject} on {url} (Ctrl-C to stop)", file=sys.stderr, flush=True)
+        try:
+            await done.wait()
+        finally:
+            await nc.close()
+
+    try:
+        asyncio.run(watch())
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gpuplane", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -179,12 +214,21 @@ def build_parser() -> argparse.ArgumentParser:
     gpus.add_argument("--local", action="store_true", help="scan this machine now, without a stack")
     gpus.add_argument("--fleet", type=Path, default=None, help="with --local: simulate this fleet file")
     gpus.add_argument("--backend", default=None, help="with --local: auto, nvml, nvidia-smi, simulated, none")
+
+    watch = sub.add_parser("watch", help="print messages on a NATS subject, e.g. 'gpuplane.inventory.>'")
+    watch.add_argument("subject", nargs="?", default="gpuplane.>", help="subject, wildcards allowed")
+    watch.add_argument("--nats-url", default=None, help="NATS of the running stack")
+    watch.add_argument("--count", type=int, default=0, help="stop after this many messages (0: never)")
+    watch.add_argument("--width", type=int, default=160, help="cut each message to this many characters")
+    watch.add_argument("--full", action="store_true", help="print whole messages")
+    watch.add_argument("--timeout-s", type=float, default=5.0, help="connect timeout")
     return parser
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "up": _run_up,
     "gpus": _run_gpus,
+    "watch": _run_watch,
     **{name: (lambda args, n=name: _run_service(n, args)) for name in SERVICE_FLAGS},
 }
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from shared import __version__
 from shared.bus.base import Bus, Delivery
-from shared.contracts import Heartbeat, HealthReply, HealthRequest, ServiceName, utc_now
+from shared.contracts import HealthReply, HealthRequest, Heartbeat, ServiceName, utc_now
 from shared.errors import BusError
 from shared.settings import CommonSettings
 from shared.subjects import health, heartbeat, queue_group

@@ -13,6 +13,10 @@ from fastapi.responses import JSONResponse
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
+from services.api.deps import GatewayState
+from services.api.routes import health, system
+from services.api.routes.system import NoInventoryYet
+from services.api.settings import ApiSettings
 from shared import __version__
 from shared.bus.base import Bus, Delivery
 from shared.bus.core import reset_correlation_id, set_correlation_id
@@ -22,10 +26,6 @@ from shared.errors import BusError, BusUnavailable, NoResponders, RemoteError, R
 from shared.service import BusFactory, ServiceContext, attach, nats_bus_factory
 from shared.subjects import HEARTBEAT_ALL, INVENTORY_ALL
 from shared.telemetry import gpu_metrics, http_metrics
-from services.api.deps import GatewayState
-from services.api.routes import health, system
-from services.api.routes.system import NoInventoryYet
-from services.api.settings import ApiSettings
 
 log = logging.getLogger("gpuplane.api")
 

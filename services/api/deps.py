@@ -8,10 +8,10 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy import Engine
 
-from shared.bus.base import Bus
-from shared.errors import BusUnavailable
 from services.api.readmodel import ReadModel
 from services.api.settings import ApiSettings
+from shared.bus.base import Bus
+from shared.errors import BusUnavailable
 
 
 @dataclass

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import uvicorn
 
-from shared.telemetry import setup_logging, setup_tracing
 from services.api.app import create_app
 from services.api.settings import ApiSettings
+from shared.telemetry import setup_logging, setup_tracing
 
 
 def main(settings: ApiSettings) -> None:

@@ -5,17 +5,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 
+from services.detector.backends import open_backend
+from services.detector.backends.base import Backend, HostScan
+from services.detector.core import PublishDecider
+from services.detector.settings import DetectorSettings
 from shared.bus.base import Bus, Delivery
 from shared.contracts import GpuHealthChanged, Inventory, RescanRequest, ServiceName, utc_now
 from shared.errors import BusError, DetectionError
 from shared.service import ServiceContext, run
 from shared.subjects import DETECTOR_RESCAN, gpu_health, inventory
 from shared.telemetry import gpu_metrics
-from services.detector.backends import open_backend
-from services.detector.backends.base import Backend, HostScan
-from services.detector.core import PublishDecider
-from services.detector.settings import DetectorSettings
 
 log = logging.getLogger("gpuplane.detector")
 
@@ -83,7 +84,9 @@ class Detector:
         return published[0]
 
 
-def start_for(settings: DetectorSettings):  # type: ignore[no-untyped-def]
+def start_for(settings: DetectorSettings) -> Callable[[Bus, ServiceContext], Awaitable[None]]:
+    """The detector's part of the service shell: open the backend, subscribe, start the loop."""
+
     async def start(bus: Bus, ctx: ServiceContext) -> None:
         backend = open_backend(
             settings.detector_backend if settings.fleet is None else "simulated",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from shared.settings import CommonSettings
 
@@ -20,3 +20,17 @@ class DetectorSettings(CommonSettings):
         default=0.5, gt=0, description="Scan this often, so a change is published at once."
     )
     nvidia_smi_path: str = Field(default="nvidia-smi", description="The nvidia-smi binary to run.")
+
+    @field_validator("detector_backend")
+    @classmethod
+    def _known_backend(cls, value: str) -> str:
+        return check_backend_name(value)
+
+
+def check_backend_name(value: str) -> str:
+    """Fail at start-up on an unknown backend, listing the valid ones."""
+    from services.detector.backends import BACKEND_NAMES
+
+    if value not in BACKEND_NAMES:
+        raise ValueError(f"unknown GPU backend {value!r}; valid: {', '.join(BACKEND_NAMES)}")
+    return value

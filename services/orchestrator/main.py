@@ -5,10 +5,10 @@ For now a thin shell: it connects, answers health requests, heartbeats and drain
 
 from __future__ import annotations
 
+from services.orchestrator.settings import OrchestratorSettings
 from shared.bus.base import Bus
 from shared.contracts import ServiceName
 from shared.service import ServiceContext, run
-from services.orchestrator.settings import OrchestratorSettings
 
 
 async def start(bus: Bus, ctx: ServiceContext) -> None:

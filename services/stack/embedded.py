@@ -86,11 +86,11 @@ def prepare_nats(data_dir: Path, port: int) -> tuple[NatsLayout, list[str]]:
         "\n".join(
             [
                 "# Written by gpuplane up; edits are overwritten.",
-                "listen: 127.0.0.1:%d" % port,
+                f"listen: 127.0.0.1:{port}",
                 'server_name: "gpuplane"',
                 "max_payload: 8MB",
                 "jetstream {",
-                '  store_dir: "%s"' % layout.store,
+                f'  store_dir: "{layout.store}"',
                 "  sync_interval: always",
                 "  max_memory_store: 256MB",
                 "  max_file_store: 4GB",

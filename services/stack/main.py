@@ -15,13 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from services.stack import embedded
+from services.stack.settings import StackSettings
+from services.stack.supervisor import Backoff, ProcessSpec, Supervisor
 from shared.contracts import Inventory, InventorySource, ServiceName
 from shared.database import redact
 from shared.errors import BusError, ConfigError, GpuplaneError
 from shared.subjects import INVENTORY_ALL
-from services.stack import embedded
-from services.stack.settings import StackSettings
-from services.stack.supervisor import Backoff, ProcessSpec, Supervisor
 
 log = logging.getLogger("gpuplane.up")
 
@@ -178,12 +178,14 @@ def _banner(
     metrics: dict[ServiceName, int],
 ) -> str:
     api = f"http://{settings.http_host}:{settings.http_port}"
+    nats_where = f"embedded, JetStream in {data_dir / 'nats'}" if nats_embedded else "external"
+    db_where = f"embedded, data in {data_dir / 'postgres'}" if db_embedded else "external"
     lines = [
         "",
         "gpuplane is up",
         f"  API        {api}   (OpenAPI docs: {api}/docs, health: {api}/healthz)",
-        f"  NATS       {nats_url}   ({'embedded, JetStream in ' + str(data_dir / 'nats') if nats_embedded else 'external'})",
-        f"  Database   {redact(db_url)}   ({'embedded, data in ' + str(data_dir / 'postgres') if db_embedded else 'external'})",
+        f"  NATS       {nats_url}   ({nats_where})",
+        f"  Database   {redact(db_url)}   ({db_where})",
         f"  Logs/data  {data_dir}",
     ]
     if metrics:

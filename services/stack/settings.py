@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.detector.settings import check_backend_name
 from shared.settings import DEFAULT_HTTP_PORT, DEFAULT_NATS_PORT
 
 
@@ -42,3 +43,8 @@ class StackSettings(BaseSettings):
     startup_timeout_s: float = Field(default=60.0, gt=0, description="How long dependencies may take to start.")
     restart_backoff_initial_s: float = Field(default=0.5, gt=0)
     restart_backoff_max_s: float = Field(default=30.0, gt=0)
+
+    @field_validator("detector_backend")
+    @classmethod
+    def _known_backend(cls, value: str) -> str:
+        return check_backend_name(value)

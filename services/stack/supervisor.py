@@ -84,7 +84,7 @@ class Supervised:
         if self.spec.log_file is not None:
             self.spec.log_file.parent.mkdir(parents=True, exist_ok=True)
             if self._log_handle is None:
-                self._log_handle = open(self.spec.log_file, "ab")  # noqa: SIM115 - kept open across restarts
+                self._log_handle = open(self.spec.log_file, "ab")  # noqa: SIM115, ASYNC230 - once, kept across restarts
             out = self._log_handle
         env = {**os.environ, **self.spec.env}
         self.process = await asyncio.create_subprocess_exec(

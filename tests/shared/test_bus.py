@@ -7,11 +7,18 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from shared.bus.base import CORRELATION_HEADER, Bus, Delivery
+from shared.bus.base import Bus, Delivery
 from shared.bus.core import set_correlation_id
 from shared.bus.memory import MemoryBus
 from shared.bus.nats import connect
-from shared.contracts import HealthReply, HealthRequest, Inventory, InventorySource, RescanRequest, ServiceName
+from shared.contracts import (
+    HealthReply,
+    HealthRequest,
+    Inventory,
+    InventorySource,
+    RescanRequest,
+    ServiceName,
+)
 from shared.errors import BusError, NoResponders, RemoteError, RequestTimeout
 from shared.subjects import INVENTORY_ALL, inventory
 from tests.builders import make_gpu

@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import pytest
 
+from services.stack.embedded import free_port
 from shared.database import DatabaseUnavailable, make_engine, normalize_url, ping, redact
 from shared.errors import ConfigError
-from services.stack.embedded import free_port
 from tests.realdeps import Postgres
 
 

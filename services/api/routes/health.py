@@ -8,10 +8,10 @@ from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
-from shared.contracts import utc_now
-from shared.database import DatabaseUnavailable, ping
 from services.api.deps import StateDep
 from services.api.schemas import DependencyOut, HealthOut, ServiceHealthOut
+from shared.contracts import utc_now
+from shared.database import DatabaseUnavailable, ping
 
 router = APIRouter(tags=["health"])
 

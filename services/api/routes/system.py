@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from services.api.deps import BusDep, ReadModelDep, StateDep
+from services.api.readmodel import FleetView, ReadModel
+from services.api.schemas import ErrorOut, GpuOut, GpusOut, HostOut
 from shared.contracts import Inventory, RescanRequest
 from shared.errors import GpuplaneError
 from shared.subjects import DETECTOR_RESCAN
 from shared.telemetry import gpu_metrics
-from services.api.deps import BusDep, ReadModelDep, StateDep
-from services.api.readmodel import FleetView, ReadModel
-from services.api.schemas import ErrorOut, GpuOut, GpusOut, HostOut
 
 router = APIRouter(prefix="/api/system", tags=["system"])
 

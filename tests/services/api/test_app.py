@@ -10,13 +10,13 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from services.api.app import create_app
+from services.api.deps import GatewayState
+from services.api.settings import ApiSettings
 from shared.bus.base import Delivery
 from shared.bus.memory import MemoryBus
 from shared.contracts import Heartbeat, Inventory, InventorySource, RescanRequest, ServiceName, utc_now
 from shared.subjects import DETECTOR_RESCAN, heartbeat, inventory
-from services.api.app import create_app
-from services.api.deps import GatewayState
-from services.api.settings import ApiSettings
 from tests.builders import make_gpu
 
 

@@ -4,8 +4,8 @@ from datetime import timedelta
 
 import pytest
 
-from shared.contracts import Heartbeat, Inventory, InventorySource, ServiceName, utc_now
 from services.api.readmodel import ReadModel
+from shared.contracts import Heartbeat, Inventory, InventorySource, ServiceName, utc_now
 from tests.builders import make_gpu
 
 

@@ -6,13 +6,13 @@ from typing import ClassVar
 
 import pytest
 
+from services.detector.backends.base import HostScan
+from services.detector.main import Detector
+from services.detector.settings import DetectorSettings
 from shared.bus.memory import MemoryBus
 from shared.contracts import GpuHealthChanged, Inventory, InventoryChangeKind, InventorySource, RescanRequest
 from shared.errors import DetectionError, RemoteError
 from shared.subjects import DETECTOR_RESCAN, GPU_HEALTH_ALL, INVENTORY_ALL, matches
-from services.detector.backends.base import HostScan
-from services.detector.main import Detector
-from services.detector.settings import DetectorSettings
 from tests.builders import make_gpu
 
 
@@ -81,7 +81,9 @@ async def test_gpu_turning_unhealthy_is_published_at_once_with_health_event(
     assert isinstance(event, GpuHealthChanged) and event.change.reason == "GPU is lost"
 
 
-async def test_gpu_disappearing_is_published(detector: Detector, memory_bus: MemoryBus, backend: ScriptedBackend) -> None:
+async def test_gpu_disappearing_is_published(
+    detector: Detector, memory_bus: MemoryBus, backend: ScriptedBackend
+) -> None:
     await detector.tick()
     backend.gpus = backend.gpus[:1]
     await detector.tick()

@@ -167,7 +167,7 @@ def test_killed_detector_is_restarted_and_inventory_resumes(stack: Stack) -> Non
     old = stack.pids()["detector"]
     os.kill(old, signal.SIGKILL)
     wait_until(lambda: stack.pids()["detector"] != old, 20, "the detector to be restarted", stack)
-    assert "detector (pid %d) exited with code -9" % old in stack.output()
+    assert f"detector (pid {old}) exited with code -9" in stack.output()
     _, body, _ = asyncio.run(first_inventory(stack.nats_url, 10))
     assert body["source"] == "simulated"
 

@@ -1,0 +1,78 @@
+"""The gpuplane command as a user meets it: clear errors, local scans, refusing a busy port."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from services.cli import main
+from services.stack.embedded import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize(
+    "argv,env,expected",
+    [
+        (["detector", "--backend", "cuda"], {}, "unknown GPU backend 'cuda'; valid: auto, nvml, nvidia-smi"),
+        (["up"], {"GPUPLANE_HTTP_PORT": "eighty"}, "invalid setting http_port (GPUPLANE_HTTP_PORT)"),
+        (["up"], {"GPUPLANE_DETECTOR_BACKEND": "rocm"}, "GPUPLANE_DETECTOR_BACKEND"),
+        (["api", "--http-port", "70000"], {}, "http_port"),
+    ],
+)
+def test_bad_settings_exit_2_naming_the_setting(
+    argv: list[str], env: dict[str, str], expected: str, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert main(argv) == 2
+    assert expected in capsys.readouterr().err
+
+
+def test_gpus_local_prints_the_simulated_fleet(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["gpus", "--local", "--fleet", str(REPO / "deploy/fleets/dual-3090-nvlink.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "source simulated" in out and "SIMULATED" in out
+    assert out.count("NVIDIA GeForce RTX 3090") == 2
+    assert "1 " in out and "0 " in out
+
+
+def test_gpus_local_on_a_machine_without_gpu_says_why(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["gpus", "--local", "--backend", "auto"]) == 0
+    out = capsys.readouterr().out
+    # This suite runs where there is no GPU; where there is one, the table lists it instead.
+    assert "No GPUs detected" in out or "source nvml" in out or "source nvidia-smi" in out
+
+
+def test_gpus_against_no_nats_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["gpus", "--nats-url", f"nats://127.0.0.1:{free_port()}", "--timeout-s", "1"])
+    assert code == 2
+    assert "no NATS server answered" in capsys.readouterr().err
+
+
+@pytest.mark.integration
+def test_up_refuses_a_port_in_use_and_says_which_setting(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        env = {
+            **os.environ,
+            "GPUPLANE_NATS_PORT": str(port),
+            "GPUPLANE_DATA_DIR": str(tmp_path / "data"),
+            "GPUPLANE_FLEET": str(REPO / "deploy/fleets/reference.yaml"),
+        }
+        result = subprocess.run(
+            [sys.executable, "-m", "services.cli", "up"], env=env, cwd=REPO, capture_output=True, text=True,
+            timeout=60,
+        )
+    assert result.returncode == 1
+    assert f"port {port} for NATS is already in use" in result.stderr
+    assert "GPUPLANE_NATS_PORT" in result.stderr
+    assert "no process left behind" in result.stdout
