@@ -104,7 +104,9 @@ class Inventory(Message):
             detail = "; ".join(self.problems)
             return f"No GPUs detected ({detail})" if detail else "No GPUs detected"
         count = len(self.gpus)
-        return f"{count} GPU{'' if count == 1 else 's'} ({self.source.value})"
+        unhealthy = sum(1 for gpu in self.gpus if not gpu.healthy)
+        sick = f", {unhealthy} unhealthy" if unhealthy else ""
+        return f"{count} GPU{'' if count == 1 else 's'} ({self.source.value}){sick}"
 
 
 class GpuHealthChanged(Message):

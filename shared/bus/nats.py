@@ -42,8 +42,9 @@ class _NatsSubscription:
 class NatsBus:
     """A ``Bus`` on nats-py. Build it with :func:`connect`."""
 
-    def __init__(self, nc: Client, service: str, default_timeout_s: float) -> None:
+    def __init__(self, nc: Client, service: str, default_timeout_s: float, drain_timeout_s: float = 5.0) -> None:
         self._nc = nc
+        self._drain_timeout_s = drain_timeout_s
         self._js = nc.jetstream(timeout=default_timeout_s)
         self._service = service
         self._timeout_s = default_timeout_s
@@ -186,10 +187,15 @@ class NatsBus:
     async def drain(self) -> None:
         if self._nc.is_closed:
             return
+        if not self._nc.is_connected:
+            # Nothing can be flushed to a server that is gone; waiting would only delay exit.
+            await self._nc.close()
+            return
         try:
-            await self._nc.drain()
+            # nats-py's own flush wait can outlast its drain timeout if the server dies mid-drain.
+            await asyncio.wait_for(self._nc.drain(), self._drain_timeout_s)
         except (nats.errors.Error, TimeoutError) as exc:
-            log.warning("drain did not finish cleanly: %s", exc)
+            log.warning("drain did not finish cleanly: %s", exc or "timed out")
             await self._nc.close()
 
 
@@ -239,7 +245,7 @@ async def connect(
         disconnected_cb=on_disconnected,
         reconnected_cb=on_reconnected,
     )
-    bus = NatsBus(nc, service, request_timeout_s)
+    bus = NatsBus(nc, service, request_timeout_s, drain_timeout_s)
     await bus.ensure_streams()
     return bus
 

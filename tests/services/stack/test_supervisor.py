@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
+import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -63,7 +67,6 @@ async def test_stop_all_leaves_no_process_including_grandchildren() -> None:
         "print(p.pid, flush=True); time.sleep(600)"
     )
     import tempfile
-    from pathlib import Path
 
     out = Path(tempfile.mkdtemp()) / "out.log"
     child = await sup.start(
@@ -96,3 +99,37 @@ async def test_child_that_dies_while_starting_is_a_clear_error() -> None:
             await sup.start(spec)
     finally:
         await sup.stop_all()
+
+
+def test_children_die_with_a_sigkilled_supervisor(tmp_path: Path) -> None:
+    """The parent-death signal: even `kill -9` of the supervisor leaves no child behind."""
+    pid_file = tmp_path / "child.pid"
+    script = f"""
+import asyncio, sys
+from services.stack.supervisor import Backoff, ProcessSpec, Supervisor
+
+async def main():
+    sup = Supervisor(Backoff(), on_change=lambda pids: open({str(pid_file)!r}, "w").write(str(pids["child"])))
+    await sup.start(ProcessSpec(name="child", argv=[sys.executable, "-c", "import time; time.sleep(600)"]))
+    await asyncio.sleep(600)
+
+asyncio.run(main())
+"""
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=Path(__file__).resolve().parents[3])
+    try:
+        for _ in range(100):
+            if pid_file.exists() and pid_file.read_text():
+                break
+            time.sleep(0.05)
+        child = int(pid_file.read_text())
+        assert pids_alive([child]) == [child]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        for _ in range(100):
+            if not pids_alive([child]):
+                break
+            time.sleep(0.05)
+        assert pids_alive([child]) == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
