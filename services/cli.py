@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from shared.contracts import Inventory
-from shared.errors import GpuplaneError
+from shared.errors import GpuplaneError, ServiceCrashed
 
 # flag -> settings field, per subcommand. Flags override GPUPLANE_* variables.
 COMMON_FLAGS: dict[str, tuple[str, type, str]] = {
@@ -112,9 +112,8 @@ def format_inventories(inventories: Sequence[Inventory]) -> str:
         for g in inv.gpus:
             util = f"{g.utilization_percent:.0f}%" if g.utilization_percent is not None else "-"
             temp = f"{g.temperature_c:.0f}C" if g.temperature_c is not None else "-"
-            power = (
-                f"{g.power_draw_w or 0:.0f}/{g.power_limit_w:.0f}" if g.power_limit_w is not None else "-"
-            )
+            draw = f"{g.power_draw_w:.0f}" if g.power_draw_w is not None else "?"
+            power = f"{draw}/{g.power_limit_w:.0f}" if g.power_limit_w is not None else draw
             links = ",".join(str(p) for p in g.nvlink_peers) or "-"
             out.append(
                 f"  {g.index:>3}  {g.name:<28} {g.vram_used_mb:>6}/{g.vram_total_mb:<8} {util:>5} {temp:>5} "
@@ -128,11 +127,16 @@ def _run_gpus(args: argparse.Namespace) -> int:
     if args.local:
         from services.detector.backends import open_backend
         from services.detector.core import PublishDecider
+        from services.detector.settings import DetectorSettings
         from shared.contracts import utc_now
-        from shared.settings import default_host_name
 
-        backend = open_backend(args.backend or ("simulated" if args.fleet else "auto"),
-                               host=default_host_name(), fleet=args.fleet)
+        detector = DetectorSettings(**({"fleet": args.fleet} if args.fleet else {}))
+        backend = open_backend(
+            args.backend or ("simulated" if detector.fleet else detector.detector_backend),
+            host=detector.host_name,
+            fleet=detector.fleet,
+            nvidia_smi=detector.nvidia_smi_path,
+        )
         try:
             decider = PublishDecider(interval_s=1.0)
             inventories = [decider.force(scan, 0.0, utc_now()) for scan in backend.scan()]
@@ -165,12 +169,22 @@ def _run_watch(args: argparse.Namespace) -> int:
     """Print every message on a subject as it arrives: a plain NATS subscriber, nothing decoded."""
     import nats as nats_client
 
+    from shared.errors import BusUnavailable
     from shared.settings import CommonSettings
 
     url = args.nats_url or CommonSettings().nats_url
 
+    async def quiet(_: Exception) -> None:
+        """Connection errors are reported once below, not as a traceback per attempt."""
+
     async def watch() -> None:
-        nc = await nats_client.connect(url, connect_timeout=args.timeout_s, max_reconnect_attempts=-1)
+        try:
+            nc = await asyncio.wait_for(
+                nats_client.connect(url, max_reconnect_attempts=-1, reconnect_time_wait=0.5, error_cb=quiet),
+                args.timeout_s,
+            )
+        except TimeoutError as exc:
+            raise BusUnavailable(f"no NATS server answered at {url} within {args.timeout_s:g} s") from exc
         count = 0
         done = asyncio.Event()
 
@@ -242,6 +256,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             field = ".".join(str(p) for p in err["loc"])
             print(f"gpuplane: invalid setting {field} (GPUPLANE_{field.upper()}): {err['msg']}", file=sys.stderr)
         return 2
+    except ServiceCrashed as exc:
+        print(f"gpuplane: {exc}", file=sys.stderr)
+        return 1
     except GpuplaneError as exc:
         print(f"gpuplane: {exc}", file=sys.stderr)
         return 2

@@ -56,3 +56,7 @@ class DetectionError(GpuplaneError):
 
 class ProcessStartError(GpuplaneError):
     """An embedded dependency (nats-server, PostgreSQL) did not start."""
+
+
+class ServiceCrashed(GpuplaneError):
+    """A service's background loop died; the process exits non-zero so that it is restarted."""

@@ -19,7 +19,7 @@ from typing import Any
 from shared import __version__
 from shared.bus.base import Bus, Delivery
 from shared.contracts import HealthReply, HealthRequest, Heartbeat, ServiceName, utc_now
-from shared.errors import BusError
+from shared.errors import BusError, ServiceCrashed
 from shared.settings import CommonSettings
 from shared.subjects import health, heartbeat, queue_group
 from shared.telemetry import serve_metrics, setup_logging, setup_tracing
@@ -38,6 +38,7 @@ class ServiceContext:
         self.instance = f"{settings.host_name}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.started_at: datetime = utc_now()
         self.stopping = asyncio.Event()
+        self.crashed: str | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._health: list[Callable[[], dict[str, str]]] = []
         self._on_stop: list[Callable[[], Awaitable[None]]] = []
@@ -51,6 +52,7 @@ class ServiceContext:
             self._tasks.discard(t)
             if not t.cancelled() and t.exception() is not None:
                 log.error("background task %s crashed: %r", name, t.exception(), exc_info=t.exception())
+                self.crashed = f"background task {name} crashed: {t.exception()!r}"
                 self.stopping.set()
 
         task.add_done_callback(done)
@@ -135,6 +137,8 @@ async def serve(
     await ctx.shutdown()
     await bus.drain()
     log.info("%s stopped", name.value)
+    if ctx.crashed:
+        raise ServiceCrashed(ctx.crashed)
 
 
 async def _connect_or_stop(
@@ -177,5 +181,5 @@ def run(
     """Blocking entry point for ``gpuplane <service>``."""
     setup_logging(name.value, settings.log_level, settings.log_json)
     setup_tracing(name.value, settings.otlp_endpoint)
-    serve_metrics(settings.metrics_port)
+    serve_metrics(settings.metrics_port, settings.metrics_host)
     asyncio.run(serve(name, settings, start))

@@ -38,6 +38,9 @@ class CommonSettings(BaseSettings):
     metrics_port: int = Field(
         default=0, ge=0, le=65535, description="Serve Prometheus metrics on this port (0: off)."
     )
+    metrics_host: str = Field(
+        default="127.0.0.1", description="Address of the metrics endpoint (0.0.0.0 in a container)."
+    )
     otlp_endpoint: str | None = Field(
         default=None, description="OTLP/HTTP endpoint for traces; none exported when unset."
     )

@@ -64,10 +64,10 @@ def setup_tracing(service: str, otlp_endpoint: str | None) -> None:
     trace.set_tracer_provider(provider)
 
 
-def serve_metrics(port: int) -> None:
-    """Expose this process's Prometheus registry on ``port`` (0 leaves it off)."""
+def serve_metrics(port: int, host: str = "127.0.0.1") -> None:
+    """Expose this process's Prometheus registry on ``host:port`` (port 0 leaves it off)."""
     if port:
-        start_http_server(port, addr="127.0.0.1")
+        start_http_server(port, addr=host)
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
+import signal
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -71,10 +74,19 @@ def create_app(settings: ApiSettings, *, bus_factory: BusFactory = nats_bus_fact
             bus = await bus_factory(settings, ServiceName.API)
             await attach(bus, ctx, lambda b, c: _feed_read_model(state, b, c))
 
+        async def exit_on_crash() -> None:
+            # uvicorn owns the process: a dead connect task ends it through uvicorn's own
+            # shutdown path, and main() turns the recorded crash into a non-zero exit.
+            await ctx.stopping.wait()
+            app.state.crashed = ctx.crashed
+            os.kill(os.getpid(), signal.SIGTERM)
+
         ctx.spawn(connect(), name="connect")
+        watcher = asyncio.create_task(exit_on_crash())
         try:
             yield
         finally:
+            watcher.cancel()
             await ctx.shutdown()
             if state.bus is not None:
                 await state.bus.drain()
@@ -88,6 +100,7 @@ def create_app(settings: ApiSettings, *, bus_factory: BusFactory = nats_bus_fact
         lifespan=lifespan,
     )
     app.state.gateway = state
+    app.state.crashed = None
     app.include_router(system.router)
     app.include_router(health.router)
     metrics = http_metrics()

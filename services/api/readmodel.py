@@ -47,8 +47,12 @@ class ReadModel:
         self._inventories[inv.host] = inv
         return True
 
-    def apply_heartbeat(self, beat: Heartbeat, received_at: datetime) -> None:
+    def apply_heartbeat(self, beat: Heartbeat, received_at: datetime, forget_after_s: float = 3600.0) -> None:
+        """Record a heartbeat; instances silent for ``forget_after_s`` (restarted processes) are dropped."""
         self._heartbeats[(beat.service, beat.instance)] = (beat, received_at)
+        gone = [key for key, (_, at) in self._heartbeats.items() if (received_at - at).total_seconds() > forget_after_s]
+        for key in gone:
+            del self._heartbeats[key]
 
     def inventories(self) -> tuple[Inventory, ...]:
         return tuple(self._inventories[h] for h in sorted(self._inventories))

@@ -14,4 +14,4 @@ class ApiSettings(CommonSettings):
     heartbeat_stale_s: float = Field(
         default=10.0, gt=0, description="A service silent this long is reported down by /healthz."
     )
-    retry_after_s: int = Field(default=5, ge=1, description="Retry-After sent with 503 answers.")
+    retry_after_s: int = Field(default=5, ge=1, description="Retry-After sent with 503 and 504 answers.")

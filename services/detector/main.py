@@ -12,11 +12,10 @@ from services.detector.backends.base import Backend, HostScan
 from services.detector.core import PublishDecider
 from services.detector.settings import DetectorSettings
 from shared.bus.base import Bus, Delivery
-from shared.contracts import GpuHealthChanged, Inventory, RescanRequest, ServiceName, utc_now
+from shared.contracts import GpuHealthChanged, Inventory, InventoryChange, RescanRequest, ServiceName, utc_now
 from shared.errors import BusError, DetectionError
 from shared.service import ServiceContext, run
 from shared.subjects import DETECTOR_RESCAN, gpu_health, inventory
-from shared.telemetry import gpu_metrics
 
 log = logging.getLogger("gpuplane.detector")
 
@@ -32,6 +31,7 @@ class Detector:
         self._lock = asyncio.Lock()
         self._latest: dict[str, Inventory] = {}
         self._last_problem: str | None = None
+        self._unsent: dict[str, tuple[InventoryChange, ...]] = {}
 
     @property
     def latest(self) -> dict[str, Inventory]:
@@ -42,7 +42,6 @@ class Detector:
 
     async def _publish(self, inv: Inventory) -> None:
         self._latest[inv.host] = inv
-        gpu_metrics().update(self._latest.values())
         await self._bus.publish(inventory(inv.host), inv)
         for change in inv.changes:
             log.warning("GPU %s (%s) on %s %s%s", change.index, change.name, inv.host, change.kind.value,
@@ -53,17 +52,30 @@ class Detector:
             )
 
     async def tick(self, *, force: bool = False) -> list[Inventory]:
-        """Scan once; publish what changed or is due (everything when forced)."""
+        """Scan once; publish what changed or is due (everything when forced).
+
+        Changes whose publish failed (NATS down) ride along with the next inventory of that host,
+        so a GPU failure seen during an outage is still announced once NATS is back.
+        """
         async with self._lock:
             scans = await self._scan()
             now = time.monotonic()
             at = utc_now()
             out: list[Inventory] = []
             for scan in scans:
-                inv = self._decider.force(scan, now, at) if force else self._decider.observe(scan, now, at)
-                if inv is not None:
+                overdue = force or scan.host in self._unsent
+                inv = self._decider.force(scan, now, at) if overdue else self._decider.observe(scan, now, at)
+                if inv is None:
+                    continue
+                carried = self._unsent.pop(inv.host, ())
+                if carried:
+                    inv = inv.model_copy(update={"changes": carried + inv.changes})
+                try:
                     await self._publish(inv)
-                    out.append(inv)
+                except BusError:
+                    self._unsent[inv.host] = inv.changes
+                    raise
+                out.append(inv)
             return out
 
     async def loop(self) -> None:

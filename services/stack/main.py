@@ -41,27 +41,39 @@ class FleetChoice:
 
 
 def choose_fleet(settings: StackSettings) -> FleetChoice:
-    """Simulate only when asked to, or when this machine has no usable GPU (and say so)."""
+    """Simulate only when asked to, or when this machine has no usable GPU (and say so).
+
+    A fleet file is validated here, so a bad one stops ``up`` with the reason instead of
+    sending the detector into a restart loop.
+    """
+    from services.detector.backends import open_backend
+    from services.detector.backends.simulated import load_fleet
+
     if settings.fleet is not None:
-        path = settings.fleet.expanduser().resolve()
+        path = _project_file(settings.fleet)
         if not path.is_file():
-            raise ConfigError(f"GPUPLANE_FLEET names {path}, which is not a file")
+            raise ConfigError(f"the fleet file {path} (GPUPLANE_FLEET / --fleet) does not exist")
+        load_fleet(path)
         return FleetChoice(path, "GPUPLANE_FLEET is set")
+    if settings.detector_backend == "simulated":
+        raise ConfigError("GPUPLANE_DETECTOR_BACKEND=simulated needs a fleet file: set GPUPLANE_FLEET")
     if settings.detector_backend != "auto":
         return FleetChoice(None, f"GPUPLANE_DETECTOR_BACKEND={settings.detector_backend}")
-    from services.detector.backends import open_backend
 
     probe = open_backend("auto", host="probe")
     try:
-        real = probe.NAME != "none"
-        problems = "; ".join(scan_problem for scan in probe.scan() for scan_problem in scan.problems)
+        scans = probe.scan()
     finally:
         probe.close()
-    if real:
+    problems = "; ".join(problem for scan in scans for problem in scan.problems)
+    if any(scan.gpus for scan in scans):
         return FleetChoice(None, f"real GPUs found through {probe.NAME}")
+    if probe.NAME != "none":
+        problems = f"{probe.NAME} answered but reported no GPU" + (f"; {problems}" if problems else "")
     path = _project_file(settings.default_fleet)
     if not path.is_file():
         raise ConfigError(f"no GPU found ({problems}) and the default fleet {path} is missing")
+    load_fleet(path)
     return FleetChoice(path, f"no GPU found on this machine ({problems})")
 
 
@@ -106,7 +118,7 @@ def _postgres_ready(port: int) -> Callable[[], Awaitable[bool]]:
 
 
 class _StateFile:
-    """``<data dir>/stack.json``: where everything is, for people, tests and ``gpuplane status``."""
+    """``<data dir>/stack.json``: where everything is and every child's pid, for people and tests."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -186,7 +198,7 @@ def _banner(
         f"  API        {api}   (OpenAPI docs: {api}/docs, health: {api}/healthz)",
         f"  NATS       {nats_url}   ({nats_where})",
         f"  Database   {redact(db_url)}   ({db_where})",
-        f"  Logs/data  {data_dir}",
+        f"  Data       {data_dir}   (nats and postgres logs there; service logs here)",
     ]
     if metrics:
         lines.append(
@@ -268,9 +280,9 @@ async def run_stack(settings: StackSettings) -> int:
 
         _check_port_free(settings.http_port, "the API", "GPUPLANE_HTTP_PORT")
         base = settings.metrics_base_port if settings.metrics_base_port is not None else settings.http_port
-        metrics = (
-            {name: base + i + 1 for i, name in enumerate(SERVICE_ORDER[:-1])} if base else {}
-        )
+        metrics = {name: base + i + 1 for i, name in enumerate(SERVICE_ORDER[:-1])} if base else {}
+        for name, port in metrics.items():
+            _check_port_free(port, f"{name.value} metrics", "GPUPLANE_METRICS_BASE_PORT (0 turns them off)")
         common = {
             "GPUPLANE_NATS_URL": nats_url,
             "GPUPLANE_DATABASE_URL": db_url,
@@ -278,9 +290,9 @@ async def run_stack(settings: StackSettings) -> int:
             "PYTHONUNBUFFERED": "1",
         }
         for name in SERVICE_ORDER:
-            env = dict(common)
-            if name in metrics:
-                env["GPUPLANE_METRICS_PORT"] = str(metrics[name])
+            # Always set, so a GPUPLANE_METRICS_PORT exported in the shell cannot make four
+            # services fight over one port.
+            env = {**common, "GPUPLANE_METRICS_PORT": str(metrics.get(name, 0))}
             if name is ServiceName.DETECTOR:
                 env["GPUPLANE_DETECTOR_BACKEND"] = "simulated" if fleet.fleet else settings.detector_backend
                 if fleet.fleet:

@@ -10,6 +10,7 @@ import logging
 import time
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
@@ -71,6 +72,14 @@ def decode_reply(data: bytes, reply_type: type[R], subject: str) -> R:
     return decode(data, reply_type, subject)
 
 
+@dataclass(frozen=True)
+class Reply:
+    """A reply and the headers it leaves with: the request's correlation id, the handler's span."""
+
+    message: Message
+    headers: dict[str, str]
+
+
 class Dispatcher:
     """Runs one handler for one raw message with decoding, tracing, metrics and error replies."""
 
@@ -89,7 +98,7 @@ class Dispatcher:
         message_type: type[M],
         handler: Handler[M],
         reply_expected: bool,
-    ) -> Message | None:
+    ) -> Reply | None:
         """Returns the reply to send (if one is expected), never raises for a bad message."""
         headers = dict(headers or {})
         correlation = headers.get(CORRELATION_HEADER) or uuid.uuid4().hex
@@ -98,6 +107,7 @@ class Dispatcher:
         started = time.perf_counter()
         outcome = "ok"
         reply: Message | None = None
+        out: Reply | None = None
         try:
             with self._tracer.start_as_current_span(
                 f"receive {pattern}",
@@ -136,10 +146,12 @@ class Dispatcher:
                     span.set_status(Status(StatusCode.ERROR, repr(exc)))
                     log.exception("handler for %s crashed", subject)
                     reply = ErrorReply(code="internal", message=f"{type(exc).__name__}: {exc}")
+                if reply_expected and reply is not None:
+                    out = Reply(reply, outgoing_headers(reply))
         finally:
             _correlation_id.reset(token)
             self._metrics.handled.labels(self._service, pattern, outcome).inc()
             self._metrics.handler_duration.labels(self._service, pattern).observe(time.perf_counter() - started)
             if outcome != "ok":
                 self._metrics.errors.labels(self._service, pattern).inc()
-        return reply if reply_expected else None
+        return out

@@ -9,7 +9,7 @@ from collections import defaultdict, deque
 from dataclasses import dataclass
 
 from shared.bus.base import Handler, M, R
-from shared.bus.core import Dispatcher, decode, decode_reply, encode, outgoing_headers
+from shared.bus.core import Dispatcher, Reply, decode, decode_reply, encode, outgoing_headers
 from shared.contracts import Message
 from shared.errors import BusUnavailable, ContractError, NoResponders, RequestTimeout
 from shared.subjects import matches, stream_for
@@ -78,7 +78,7 @@ class MemoryBus:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _deliver(self, sub: _Sub, subject: str, data: bytes, *, reply_expected: bool) -> Message | None:
+    async def _deliver(self, sub: _Sub, subject: str, data: bytes, *, reply_expected: bool) -> Reply | None:
         return await self._dispatcher.dispatch(
             pattern=sub.pattern,
             subject=subject,
@@ -113,7 +113,7 @@ class MemoryBus:
             raise RequestTimeout(subject, timeout) from exc
         if reply is None:
             raise RequestTimeout(subject, timeout)
-        return decode_reply(encode(reply), reply_type, subject)
+        return decode_reply(encode(reply.message), reply_type, subject)
 
     async def latest(self, subject_filter: str, message_type: type[M]) -> list[M]:
         found: list[M] = []

@@ -27,7 +27,9 @@ log = logging.getLogger(__name__)
 
 # nats-py's default (60 attempts) gives up after about two minutes; a control plane never should.
 RECONNECT_FOREVER = -1
-# Publishes made while disconnected wait in this buffer and go out on reconnect.
+# Core publishes made while disconnected wait in this buffer and go out on reconnect. JetStream
+# publishes (stream subjects) need the server's acknowledgement and fail after the request
+# timeout instead; their callers retry (the detector carries unsent changes forward).
 RECONNECT_BUFFER_BYTES = 8 * 1024 * 1024
 
 
@@ -126,7 +128,7 @@ class NatsBus:
             )
             if reply is not None and wants_reply:
                 try:
-                    await self._nc.publish(msg.reply, encode(reply), headers=outgoing_headers(reply))
+                    await self._nc.publish(msg.reply, encode(reply.message), headers=reply.headers)
                 except nats.errors.Error as exc:
                     log.warning("could not answer on %s: %s", msg.subject, exc)
 

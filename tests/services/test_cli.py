@@ -76,3 +76,26 @@ def test_up_refuses_a_port_in_use_and_says_which_setting(tmp_path: Path) -> None
     assert f"port {port} for NATS is already in use" in result.stderr
     assert "GPUPLANE_NATS_PORT" in result.stderr
     assert "no process left behind" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "env,fleet_text,expected",
+    [
+        ({"GPUPLANE_DETECTOR_BACKEND": "simulated"}, None, "needs a fleet file: set GPUPLANE_FLEET"),
+        ({}, "gpus:\n  - index: 0\n    name: X\n    vram_total_mb: lots\n", "vram_total_mb"),
+        ({"GPUPLANE_FLEET": "/nonexistent/fleet.yaml"}, None, "does not exist"),
+    ],
+)
+def test_up_refuses_bad_fleet_settings_before_starting_anything(
+    env: dict[str, str], fleet_text: str | None, expected: str, tmp_path: Path
+) -> None:
+    full_env = {**os.environ, "GPUPLANE_DATA_DIR": str(tmp_path / "data"),
+                "GPUPLANE_HTTP_PORT": str(free_port()), "GPUPLANE_NATS_PORT": str(free_port()), **env}
+    if fleet_text is not None:
+        (tmp_path / "fleet.yaml").write_text(fleet_text)
+        full_env["GPUPLANE_FLEET"] = str(tmp_path / "fleet.yaml")
+    result = subprocess.run([sys.executable, "-m", "services.cli", "up"], env=full_env, cwd=REPO,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert expected in result.stderr
+    assert "starting nats-server" not in result.stderr

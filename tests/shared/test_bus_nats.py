@@ -105,3 +105,31 @@ async def test_latest_inventory_survives_a_server_restart(own_nats_server: NatsS
         assert [(i.host, len(i.gpus)) for i in latest] == [("durable", 2)]
     finally:
         await bus.drain()
+
+
+async def test_reply_carries_the_request_correlation_id(nats_server: NatsServer) -> None:
+    from shared.bus.core import set_correlation_id
+    from shared.contracts import HealthReply, HealthRequest, ServiceName
+
+    server = await connect(nats_server.url, service="server")
+    client = await connect(nats_server.url, service="client")
+
+    async def responder(_: HealthRequest, d: Delivery) -> HealthReply:
+        return HealthReply(service=ServiceName.API, instance="i", host="h", ok=True,
+                           started_at="2026-01-01T00:00:00Z", version="t")
+
+    raw = await client.client.subscribe("_INBOX.corr-test")
+    try:
+        await server.subscribe("gpuplane.test.corr", HealthRequest, responder)
+        set_correlation_id("corr-xyz")
+        await client.client.publish(
+            "gpuplane.test.corr", HealthRequest().model_dump_json().encode(),
+            reply="_INBOX.corr-test", headers={CORRELATION_HEADER: "corr-xyz"},
+        )
+        msg = await raw.next_msg(timeout=5)
+        assert msg.headers[CORRELATION_HEADER] == "corr-xyz"
+        assert msg.headers["Gpuplane-Type"] == "gpuplane.health.reply.v1"
+    finally:
+        set_correlation_id(None)
+        await server.drain()
+        await client.drain()

@@ -64,3 +64,14 @@ def test_service_liveness_from_heartbeats() -> None:
     assert status[ServiceName.DETECTOR].seconds_since_heartbeat == pytest.approx(1, abs=0.01)
     assert not status[ServiceName.PLANNER].alive
     assert status[ServiceName.PLANNER].last_heartbeat_at is None
+
+
+def test_instances_long_gone_are_forgotten() -> None:
+    model = ReadModel()
+    now = utc_now()
+    old = Heartbeat(service=ServiceName.ROUTER, instance="r-old", host="h", pid=1, started_at=now, version="t")
+    model.apply_heartbeat(old, now - timedelta(hours=2))
+    model.apply_heartbeat(old.model_copy(update={"instance": "r-new"}), now)
+    status = model.services(now, stale_after_s=10)[ServiceName.ROUTER]
+    assert status.alive and status.instances == 1
+    assert len(model._heartbeats) == 1

@@ -130,3 +130,34 @@ async def test_loop_keeps_going_after_a_failed_round(
     finally:
         task.cancel()
     assert published(memory_bus, INVENTORY_ALL)
+
+
+class FlakyBus(MemoryBus):
+    """A memory bus whose publishes fail while ``down`` is set (NATS unreachable)."""
+
+    down = False
+
+    async def publish(self, subject: str, message: object) -> None:  # type: ignore[override]
+        from shared.errors import BusError
+
+        if self.down:
+            raise BusError("publish failed: not connected")
+        await super().publish(subject, message)  # type: ignore[arg-type]
+
+
+async def test_change_seen_during_an_outage_is_published_after_it(backend: ScriptedBackend) -> None:
+    from shared.errors import BusError
+
+    bus = FlakyBus("flaky")
+    detector = Detector(bus, backend, DetectorSettings(detect_interval_s=3600, detect_poll_s=0.01))
+    await detector.tick()
+    bus.down = True
+    backend.gpus = backend.gpus[:1]
+    with pytest.raises(BusError):
+        await detector.tick()
+    bus.down = False
+    await detector.tick()
+    last = published(bus, INVENTORY_ALL)[-1]
+    assert [c.kind for c in last.changes] == [InventoryChangeKind.DISAPPEARED]  # type: ignore[attr-defined]
+    assert len(published(bus, GPU_HEALTH_ALL)) == 1
+    await bus.drain()
