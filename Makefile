@@ -28,6 +28,7 @@ test-integration: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check shared services tests
+	$(BIN)/mypy
 
 clean:
 	rm -rf .pytest_cache .ruff_cache build *.egg-info

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -243,7 +244,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "up": _run_up,
     "gpus": _run_gpus,
     "watch": _run_watch,
-    **{name: (lambda args, n=name: _run_service(n, args)) for name in SERVICE_FLAGS},
+    **{name: functools.partial(_run_service, name) for name in SERVICE_FLAGS},
 }
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 
 from shared.errors import ConfigError, GpuplaneError
 
@@ -46,5 +46,7 @@ def ping(engine: Engine) -> str:
     try:
         with engine.connect() as conn:
             return str(conn.execute(text("SHOW server_version")).scalar_one())
+    except DBAPIError as exc:
+        raise DatabaseUnavailable(f"database unreachable: {exc.__class__.__name__}: {exc.orig}") from exc
     except SQLAlchemyError as exc:
-        raise DatabaseUnavailable(f"database unreachable: {exc.__class__.__name__}: {exc.orig or exc}") from exc
+        raise DatabaseUnavailable(f"database unreachable: {exc.__class__.__name__}: {exc}") from exc

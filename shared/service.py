@@ -145,7 +145,7 @@ async def _connect_or_stop(
     bus_factory: BusFactory, settings: CommonSettings, name: ServiceName, ctx: ServiceContext
 ) -> Bus | None:
     """Connect, but give up quietly if asked to stop while still waiting for NATS."""
-    connecting = asyncio.create_task(bus_factory(settings, name))
+    connecting: asyncio.Task[Bus] = asyncio.ensure_future(bus_factory(settings, name))
     stopping = asyncio.create_task(ctx.stopping.wait())
     done, _ = await asyncio.wait({connecting, stopping}, return_when=asyncio.FIRST_COMPLETED)
     if connecting in done:

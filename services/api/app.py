@@ -8,7 +8,7 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request, Response
@@ -107,7 +107,7 @@ def create_app(settings: ApiSettings, *, bus_factory: BusFactory = nats_bus_fact
     tracer = trace.get_tracer("gpuplane.http")
 
     @app.middleware("http")
-    async def telemetry(request: Request, call_next):  # type: ignore[no-untyped-def]
+    async def telemetry(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         correlation = request.headers.get(CORRELATION_HTTP_HEADER) or uuid.uuid4().hex
         token = set_correlation_id(correlation)
         started = time.perf_counter()

@@ -165,7 +165,7 @@ async def _first_inventory(nats_url: str, timeout_s: float) -> list[Inventory]:
         await got.put(inv)
 
     try:
-        await bus.subscribe(INVENTORY_ALL, Inventory, on_inventory)  # type: ignore[arg-type]
+        await bus.subscribe(INVENTORY_ALL, Inventory, on_inventory)
         first = await asyncio.wait_for(got.get(), timeout_s)
         # Other hosts of a simulated fleet publish in the same tick.
         await asyncio.sleep(0.3)

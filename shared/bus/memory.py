@@ -22,7 +22,7 @@ class _Sub:
     pattern: str
     queue: str | None
     message_type: type[Message]
-    handler: Handler  # type: ignore[type-arg]
+    handler: Handler
     bus: MemoryBus
 
     async def unsubscribe(self) -> None:
@@ -39,7 +39,7 @@ class MemoryBus:
         self._subs: dict[int, _Sub] = {}
         self._ids = itertools.count()
         self._stored: dict[str, deque[bytes]] = defaultdict(deque)
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[Reply | None]] = set()
         self._timeout_s = default_timeout_s
         self._random = random.Random(seed)
         self._closed = False

@@ -12,6 +12,7 @@ import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
@@ -35,7 +36,7 @@ RECONNECT_BUFFER_BYTES = 8 * 1024 * 1024
 
 @dataclass(frozen=True)
 class _NatsSubscription:
-    sub: nats.aio.subscription.Subscription
+    sub: Subscription
 
     async def unsubscribe(self) -> None:
         await self.sub.unsubscribe()
@@ -136,7 +137,7 @@ class NatsBus:
         if self._nc.is_connected:
             # A round trip, so the server knows the subscription before we return.
             try:
-                await self._nc.flush(timeout=self._timeout_s)
+                await self._nc.flush(timeout=max(1, round(self._timeout_s)))
             except (nats.errors.Error, TimeoutError) as exc:
                 log.warning("subscription to %s not confirmed yet: %s", subject, exc)
         return _NatsSubscription(sub)
@@ -239,7 +240,7 @@ async def connect(
         name=name or f"gpuplane-{service}",
         allow_reconnect=True,
         max_reconnect_attempts=RECONNECT_FOREVER,
-        reconnect_time_wait=reconnect_wait_s,
+        reconnect_time_wait=reconnect_wait_s,  # type: ignore[arg-type]  # nats-py accepts floats
         connect_timeout=2,
         pending_size=RECONNECT_BUFFER_BYTES,
         drain_timeout=int(max(1, drain_timeout_s)),

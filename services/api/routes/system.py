@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter
 
 from services.api.deps import BusDep, ReadModelDep, StateDep
@@ -14,7 +16,9 @@ from shared.telemetry import gpu_metrics
 
 router = APIRouter(prefix="/api/system", tags=["system"])
 
-UNAVAILABLE = {503: {"model": ErrorOut, "description": "Not ready, or the service that answers is down."}}
+UNAVAILABLE: dict[int | str, dict[str, Any]] = {
+    503: {"model": ErrorOut, "description": "Not ready, or the service that answers is down."}
+}
 
 
 class NoInventoryYet(GpuplaneError):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, ClassVar, TypeVar
@@ -233,7 +233,7 @@ class NvmlBackend:
 
 
 def _to_gpu(
-    index: int, r: _GpuReading, index_of_bus: dict[str | None, int], switch_members: tuple[int, ...]
+    index: int, r: _GpuReading, index_of_bus: Mapping[str, int], switch_members: tuple[int, ...]
 ) -> Gpu:
     fp16, bf16 = precision_support(r.compute_capability)
     peers = {index_of_bus[bus] for bus in r.nvlink_remotes if bus in index_of_bus}
