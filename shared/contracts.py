@@ -46,7 +46,10 @@ class InventorySource(StrEnum):
 
 
 class Gpu(Frozen):
-    """One GPU as the detector saw it. Index is nvidia-smi's (PCI bus) order."""
+    """One GPU as the detector saw it. Index is nvidia-smi's (PCI bus) order.
+
+    ``*_mb`` fields are MiB (2**20 bytes), the unit nvidia-smi prints as "MiB".
+    """
 
     index: int = Field(ge=0)
     uuid: str

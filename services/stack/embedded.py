@@ -6,6 +6,7 @@ These only prepare files and argv; the supervisor starts, watches and stops the 
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import pwd
 import shutil
@@ -17,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shared.errors import ProcessStartError
+
+log = logging.getLogger("gpuplane.up")
 
 PG_DATABASE = "gpuplane"
 PG_SUPERUSER = "postgres"
@@ -164,6 +167,7 @@ def _open_path_for(path: Path) -> None:
         mode = parent.stat().st_mode
         wanted = mode | stat.S_IXOTH | stat.S_IXGRP
         if mode != wanted:
+            log.warning("letting PostgreSQL's user traverse %s (chmod o+x, g+x)", parent)
             parent.chmod(wanted)
 
 
