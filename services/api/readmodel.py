@@ -68,7 +68,7 @@ class ReadModel:
         if gpus:
             message = "; ".join(f"{inv.host}: {inv.status_message}" for inv in inventories)
             if InventorySource.SIMULATED in sources:
-                message += " (SIMULATED: not real hardware)"
+                message += "; SIMULATED, not real hardware"
         else:
             message = "; ".join(f"{inv.host}: {inv.status_message}" for inv in inventories)
         return FleetView(gpus=gpus, source=source, inventories=inventories, message=message)
