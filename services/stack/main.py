@@ -155,6 +155,46 @@ def _check_port_free(port: int, what: str, setting: str) -> None:
         )
 
 
+def _check_ports(settings: StackSettings) -> dict[ServiceName, int]:
+    """Check every port the stack will listen on before anything starts; return the metrics ports."""
+    if not settings.nats_url:
+        _check_port_free(settings.nats_port, "NATS", "GPUPLANE_NATS_PORT")
+    if not settings.database_url and settings.postgres_port:
+        _check_port_free(settings.postgres_port, "PostgreSQL", "GPUPLANE_POSTGRES_PORT")
+    _check_port_free(settings.http_port, "the API", "GPUPLANE_HTTP_PORT")
+    base = settings.metrics_base_port if settings.metrics_base_port is not None else settings.http_port
+    metrics = {name: base + i + 1 for i, name in enumerate(SERVICE_ORDER[:-1])} if base else {}
+    for name, port in metrics.items():
+        _check_port_free(port, f"{name.value} metrics", "GPUPLANE_METRICS_BASE_PORT (0 turns them off)")
+    return metrics
+
+
+def _service_specs(
+    settings: StackSettings, nats_url: str, db_url: str, fleet: FleetChoice, metrics: dict[ServiceName, int]
+) -> list[ProcessSpec]:
+    """The five services, each told where NATS and the database are."""
+    common = {
+        "GPUPLANE_NATS_URL": nats_url,
+        "GPUPLANE_DATABASE_URL": db_url,
+        "GPUPLANE_LOG_LEVEL": settings.log_level,
+        "PYTHONUNBUFFERED": "1",
+    }
+    specs = []
+    for name in SERVICE_ORDER:
+        # Always set, so a GPUPLANE_METRICS_PORT exported in the shell cannot make four
+        # services fight over one port.
+        env = {**common, "GPUPLANE_METRICS_PORT": str(metrics.get(name, 0))}
+        if name is ServiceName.DETECTOR:
+            env["GPUPLANE_DETECTOR_BACKEND"] = "simulated" if fleet.fleet else settings.detector_backend
+            if fleet.fleet:
+                env["GPUPLANE_FLEET"] = str(fleet.fleet)
+        if name is ServiceName.API:
+            env["GPUPLANE_HTTP_PORT"] = str(settings.http_port)
+            env["GPUPLANE_HTTP_HOST"] = settings.http_host
+        specs.append(ProcessSpec(name=name.value, argv=[sys.executable, "-m", "services.cli", name.value], env=env))
+    return specs
+
+
 async def _first_inventory(nats_url: str, timeout_s: float) -> list[Inventory]:
     from shared.bus.nats import connect_once
 
@@ -241,11 +281,11 @@ async def run_stack(settings: StackSettings) -> int:
         fleet = await asyncio.to_thread(choose_fleet, settings)
         if fleet.fleet is not None and settings.fleet is None:
             log.warning("NO GPU FOUND: simulating the fleet in %s (%s)", fleet.fleet, fleet.reason)
+        metrics = _check_ports(settings)
 
         if settings.nats_url:
             nats_url, nats_embedded = settings.nats_url, False
         else:
-            _check_port_free(settings.nats_port, "NATS", "GPUPLANE_NATS_PORT")
             layout, argv = embedded.prepare_nats(data_dir, settings.nats_port)
             await supervisor.start(
                 ProcessSpec(
@@ -262,7 +302,6 @@ async def run_stack(settings: StackSettings) -> int:
             db_url, db_embedded = settings.database_url, False
         else:
             pg_port = settings.postgres_port or embedded.free_port()
-            _check_port_free(pg_port, "PostgreSQL", "GPUPLANE_POSTGRES_PORT")
             pg_layout, pg_argv = await asyncio.to_thread(embedded.prepare_postgres, data_dir, pg_port)
             await supervisor.start(
                 ProcessSpec(
@@ -278,31 +317,8 @@ async def run_stack(settings: StackSettings) -> int:
             await asyncio.to_thread(embedded.create_database_if_missing, pg_layout)
             db_url, db_embedded = pg_layout.url(), True
 
-        _check_port_free(settings.http_port, "the API", "GPUPLANE_HTTP_PORT")
-        base = settings.metrics_base_port if settings.metrics_base_port is not None else settings.http_port
-        metrics = {name: base + i + 1 for i, name in enumerate(SERVICE_ORDER[:-1])} if base else {}
-        for name, port in metrics.items():
-            _check_port_free(port, f"{name.value} metrics", "GPUPLANE_METRICS_BASE_PORT (0 turns them off)")
-        common = {
-            "GPUPLANE_NATS_URL": nats_url,
-            "GPUPLANE_DATABASE_URL": db_url,
-            "GPUPLANE_LOG_LEVEL": settings.log_level,
-            "PYTHONUNBUFFERED": "1",
-        }
-        for name in SERVICE_ORDER:
-            # Always set, so a GPUPLANE_METRICS_PORT exported in the shell cannot make four
-            # services fight over one port.
-            env = {**common, "GPUPLANE_METRICS_PORT": str(metrics.get(name, 0))}
-            if name is ServiceName.DETECTOR:
-                env["GPUPLANE_DETECTOR_BACKEND"] = "simulated" if fleet.fleet else settings.detector_backend
-                if fleet.fleet:
-                    env["GPUPLANE_FLEET"] = str(fleet.fleet)
-            if name is ServiceName.API:
-                env["GPUPLANE_HTTP_PORT"] = str(settings.http_port)
-                env["GPUPLANE_HTTP_HOST"] = settings.http_host
-            await supervisor.start(
-                ProcessSpec(name=name.value, argv=[sys.executable, "-m", "services.cli", name.value], env=env)
-            )
+        for spec in _service_specs(settings, nats_url, db_url, fleet, metrics):
+            await supervisor.start(spec)
         state.update(
             api_url=f"http://{settings.http_host}:{settings.http_port}",
             nats_url=nats_url,

@@ -99,3 +99,19 @@ def test_up_refuses_bad_fleet_settings_before_starting_anything(
     assert result.returncode == 1
     assert expected in result.stderr
     assert "starting nats-server" not in result.stderr
+
+
+@pytest.mark.integration
+def test_up_checks_the_api_port_before_starting_nats(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        env = {**os.environ, "GPUPLANE_HTTP_PORT": str(port), "GPUPLANE_NATS_PORT": str(free_port()),
+               "GPUPLANE_DATA_DIR": str(tmp_path / "data"),
+               "GPUPLANE_FLEET": str(REPO / "deploy/fleets/reference.yaml")}
+        result = subprocess.run([sys.executable, "-m", "services.cli", "up"], env=env, cwd=REPO,
+                                capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert f"port {port} for the API is already in use" in result.stderr
+    assert "starting nats-server" not in result.stderr
