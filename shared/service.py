@@ -27,6 +27,8 @@ from shared.telemetry import serve_metrics, setup_logging, setup_tracing
 log = logging.getLogger(__name__)
 
 BusFactory = Callable[[CommonSettings, ServiceName], Awaitable[Bus]]
+StartFn = Callable[[Bus, "ServiceContext"], Awaitable[None]]
+"""A service's own part: subscribe its handlers, spawn its loops."""
 
 
 class ServiceContext:
@@ -92,7 +94,7 @@ async def nats_bus_factory(settings: CommonSettings, name: ServiceName) -> Bus:
     )
 
 
-async def attach(bus: Bus, ctx: ServiceContext, start: Callable[[Bus, ServiceContext], Awaitable[None]]) -> None:
+async def attach(bus: Bus, ctx: ServiceContext, start: StartFn) -> None:
     """Answer health requests, heartbeat, then let the service subscribe its own handlers."""
 
     async def on_health(_: HealthRequest, __: Delivery) -> HealthReply:
@@ -115,7 +117,7 @@ async def attach(bus: Bus, ctx: ServiceContext, start: Callable[[Bus, ServiceCon
 async def serve(
     name: ServiceName,
     settings: CommonSettings,
-    start: Callable[[Bus, ServiceContext], Awaitable[None]],
+    start: StartFn,
     *,
     bus_factory: BusFactory = nats_bus_factory,
     install_signal_handlers: bool = True,
@@ -176,7 +178,7 @@ async def _heartbeats(bus: Bus, ctx: ServiceContext) -> None:
 def run(
     name: ServiceName,
     settings: CommonSettings,
-    start: Callable[[Bus, ServiceContext], Awaitable[None]],
+    start: StartFn,
 ) -> None:
     """Blocking entry point for ``gpuplane <service>``."""
     setup_logging(name.value, settings.log_level, settings.log_json)

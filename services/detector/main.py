@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
 
 from services.detector.backends import open_backend
 from services.detector.backends.base import Backend, HostScan
@@ -14,7 +13,7 @@ from services.detector.settings import DetectorSettings
 from shared.bus.base import Bus, Delivery
 from shared.contracts import GpuHealthChanged, Inventory, InventoryChange, RescanRequest, ServiceName, utc_now
 from shared.errors import BusError, DetectionError
-from shared.service import ServiceContext, run
+from shared.service import ServiceContext, StartFn, run
 from shared.subjects import DETECTOR_RESCAN, gpu_health, inventory
 
 log = logging.getLogger("gpuplane.detector")
@@ -96,7 +95,7 @@ class Detector:
         return published[0]
 
 
-def start_for(settings: DetectorSettings) -> Callable[[Bus, ServiceContext], Awaitable[None]]:
+def start_for(settings: DetectorSettings) -> StartFn:
     """The detector's part of the service shell: open the backend, subscribe, start the loop."""
 
     async def start(bus: Bus, ctx: ServiceContext) -> None:
