@@ -43,3 +43,13 @@ def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgres]:
     server.start()
     yield server
     server.stop()
+
+
+REAL_DEPENDENCY_FIXTURES = {"nats_server", "own_nats_server", "postgres"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that starts a real nats-server or PostgreSQL is an integration test, marked or not."""
+    for item in items:
+        if REAL_DEPENDENCY_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)

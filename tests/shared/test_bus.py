@@ -29,7 +29,7 @@ def make_inventory(host: str, n: int = 1) -> Inventory:
     return Inventory(host=host, source=InventorySource.SIMULATED, gpus=tuple(make_gpu(i) for i in range(n)))
 
 
-@pytest.fixture(params=["memory", "nats"])
+@pytest.fixture(params=["memory", pytest.param("nats", marks=pytest.mark.integration)])
 async def bus(request: pytest.FixtureRequest) -> AsyncIterator[Bus]:
     if request.param == "memory":
         b: Bus = MemoryBus("test")
