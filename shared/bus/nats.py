@@ -135,12 +135,23 @@ class NatsBus:
 
         sub = await self._nc.subscribe(subject, queue=queue or "", cb=on_message)
         if self._nc.is_connected:
-            # A round trip, so the server knows the subscription before we return.
             try:
-                await self._nc.flush(timeout=max(1, round(self._timeout_s)))
+                await self._confirm_sent()
             except (nats.errors.Error, TimeoutError) as exc:
                 log.warning("subscription to %s not confirmed yet: %s", subject, exc)
         return _NatsSubscription(sub)
+
+    async def _confirm_sent(self) -> None:
+        """Return once the server has processed every command sent so far (a SUB, say).
+
+        nats-py 2.16's ``flush()`` writes its PING straight to the socket, ahead of commands
+        still waiting in the client's pending buffer, so its PONG can come back before the
+        server has seen our SUB (and a message published right after is lost). Writing the
+        buffer out first, then the PING round trip, restores the ordering ``flush()`` promises.
+        """
+        timeout = max(1, round(self._timeout_s))
+        await asyncio.wait_for(self._nc._flush_pending(force_flush=True), timeout)
+        await self._nc.flush(timeout=timeout)
 
     async def request(
         self, subject: str, message: Message, reply_type: type[R], *, timeout_s: float | None = None

@@ -133,3 +133,23 @@ async def test_reply_carries_the_request_correlation_id(nats_server: NatsServer)
         set_correlation_id(None)
         await server.drain()
         await client.drain()
+
+
+async def test_a_message_published_right_after_subscribe_is_delivered(nats_server: NatsServer) -> None:
+    """subscribe() returns only once the server has the SUB (nats-py's flush alone did not ensure it)."""
+    pub = await connect(nats_server.url, service="pub")
+    sub = await connect(nats_server.url, service="sub")
+    got: asyncio.Queue[str] = asyncio.Queue()
+
+    async def handler(msg: Inventory, _: Delivery) -> None:
+        await got.put(msg.host)
+
+    try:
+        for i in range(30):
+            await sub.subscribe(f"gpuplane.test.order.{i}", Inventory, handler)
+            assert sub.client.pending_data_size == 0
+            await pub.publish(f"gpuplane.test.order.{i}", inv(f"h{i}"))
+            assert await asyncio.wait_for(got.get(), 5) == f"h{i}"
+    finally:
+        await pub.drain()
+        await sub.drain()
