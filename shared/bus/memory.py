@@ -38,7 +38,7 @@ class MemoryBus:
         self._service = service
         self._subs: dict[int, _Sub] = {}
         self._ids = itertools.count()
-        self._stored: dict[str, deque[bytes]] = defaultdict(deque)
+        self._stored: dict[str, deque[bytes]] = {}
         self._tasks: set[asyncio.Task[Reply | None]] = set()
         self._timeout_s = default_timeout_s
         self._random = random.Random(seed)
@@ -63,27 +63,26 @@ class MemoryBus:
     async def publish(self, subject: str, message: Message) -> None:
         if self._closed:
             raise BusUnavailable("memory bus is closed")
-        outgoing_headers(message)
+        headers = outgoing_headers(message)
         data = encode(message)
         self.published.append((subject, message))
         self._metrics.published.labels(self._service, message.type).inc()
         spec = stream_for(subject)
         if spec is not None:
-            kept = self._stored[subject]
-            kept.append(data)
-            while len(kept) > spec.max_msgs_per_subject:
-                kept.popleft()
+            self._stored.setdefault(subject, deque(maxlen=spec.max_msgs_per_subject)).append(data)
         for sub in self._targets(subject):
-            task = asyncio.create_task(self._deliver(sub, subject, data, reply_expected=False))
+            task = asyncio.create_task(self._deliver(sub, subject, data, headers, reply_expected=False))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _deliver(self, sub: _Sub, subject: str, data: bytes, *, reply_expected: bool) -> Reply | None:
+    async def _deliver(
+        self, sub: _Sub, subject: str, data: bytes, headers: dict[str, str], *, reply_expected: bool
+    ) -> Reply | None:
         return await self._dispatcher.dispatch(
             pattern=sub.pattern,
             subject=subject,
             data=data,
-            headers={},
+            headers=headers,
             message_type=sub.message_type,
             handler=sub.handler,
             reply_expected=reply_expected,
@@ -107,7 +106,8 @@ class MemoryBus:
         timeout = timeout_s or self._timeout_s
         try:
             reply = await asyncio.wait_for(
-                self._deliver(targets[0], subject, encode(message), reply_expected=True), timeout
+                self._deliver(targets[0], subject, encode(message), outgoing_headers(message), reply_expected=True),
+                timeout,
             )
         except TimeoutError as exc:
             raise RequestTimeout(subject, timeout) from exc
