@@ -9,7 +9,7 @@ import contextvars
 import logging
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from opentelemetry import propagate, trace
@@ -70,6 +70,21 @@ def decode_reply(data: bytes, reply_type: type[R], subject: str) -> R:
         else:
             raise RemoteError(subject, err.code, err.message)
     return decode(data, reply_type, subject)
+
+
+def decode_stored(
+    stored: Iterable[tuple[str, bytes]], message_type: type[M], *, metrics: BusMetrics, service: str, pattern: str
+) -> list[M]:
+    """Decode the latest stored event of each subject; one that breaks its contract is skipped
+    (logged and counted), so it cannot hide every other host's."""
+    found: list[M] = []
+    for subject, data in stored:
+        try:
+            found.append(decode(data, message_type, subject))
+        except ContractError as exc:
+            metrics.errors.labels(service, pattern).inc()
+            log.warning("skipping stored message: %s", exc)
+    return found
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,9 @@ from collections import defaultdict, deque
 from dataclasses import dataclass
 
 from shared.bus.base import Handler, M, R
-from shared.bus.core import Dispatcher, Reply, decode, decode_reply, encode, outgoing_headers
+from shared.bus.core import Dispatcher, Reply, decode_reply, decode_stored, encode, outgoing_headers
 from shared.contracts import Message
-from shared.errors import BusUnavailable, ContractError, NoResponders, RequestTimeout
+from shared.errors import BusUnavailable, NoResponders, RequestTimeout
 from shared.subjects import matches, stream_for
 from shared.telemetry import bus_metrics
 
@@ -116,14 +116,10 @@ class MemoryBus:
         return decode_reply(encode(reply.message), reply_type, subject)
 
     async def latest(self, subject_filter: str, message_type: type[M]) -> list[M]:
-        found: list[M] = []
-        for subject, kept in sorted(self._stored.items()):
-            if kept and matches(subject_filter, subject):
-                try:
-                    found.append(decode(kept[-1], message_type, subject))
-                except ContractError:
-                    self._metrics.errors.labels(self._service, subject_filter).inc()
-        return found
+        stored = ((s, kept[-1]) for s, kept in sorted(self._stored.items()) if kept and matches(subject_filter, s))
+        return decode_stored(
+            stored, message_type, metrics=self._metrics, service=self._service, pattern=subject_filter
+        )
 
     async def settle(self) -> None:
         """Wait until every delivery started so far has finished (tests only)."""

@@ -18,9 +18,9 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
 from shared.bus.base import Handler, M, R
-from shared.bus.core import Dispatcher, decode, decode_reply, encode, outgoing_headers
+from shared.bus.core import Dispatcher, decode_reply, decode_stored, encode, outgoing_headers
 from shared.contracts import Message
-from shared.errors import BusError, BusUnavailable, ContractError, NoResponders, RequestTimeout
+from shared.errors import BusError, BusUnavailable, NoResponders, RequestTimeout
 from shared.subjects import STREAMS, StreamSpec, stream_for
 from shared.telemetry import bus_metrics
 
@@ -180,19 +180,14 @@ class NatsBus:
             return []
         try:
             info = await self._js.stream_info(spec.name, subjects_filter=subject_filter)
-            subjects = sorted((info.state.subjects or {}).keys())
-            found: list[M] = []
-            for subject in subjects:
+            stored: list[tuple[str, bytes]] = []
+            for subject in sorted((info.state.subjects or {}).keys()):
                 raw = await self._js.get_last_msg(spec.name, subject)
-                if raw.data is None:
-                    continue
-                try:
-                    found.append(decode(raw.data, message_type, subject))
-                except ContractError as exc:
-                    # One bad stored event must not hide every other host's.
-                    self._metrics.errors.labels(self._service, subject_filter).inc()
-                    log.warning("skipping stored message: %s", exc)
-            return found
+                if raw.data is not None:
+                    stored.append((subject, raw.data))
+            return decode_stored(
+                stored, message_type, metrics=self._metrics, service=self._service, pattern=subject_filter
+            )
         except nats.js.errors.NotFoundError:
             return []
         except (nats.errors.Error, TimeoutError) as exc:
