@@ -28,7 +28,7 @@ from shared.database import make_engine
 from shared.errors import BusError, BusUnavailable, NoResponders, RemoteError, RequestTimeout
 from shared.service import BusFactory, ServiceContext, attach, nats_bus_factory
 from shared.subjects import HEARTBEAT_ALL, INVENTORY_ALL
-from shared.telemetry import gpu_metrics, http_metrics
+from shared.telemetry import http_metrics
 
 log = logging.getLogger("gpuplane.api")
 
@@ -37,20 +37,17 @@ CORRELATION_HTTP_HEADER = "X-Correlation-Id"
 
 async def _feed_read_model(state: GatewayState, bus: Bus, ctx: ServiceContext) -> None:
     """Subscribe first, then load what JetStream kept, so nothing falls between the two."""
-    model = state.read_model
 
     async def on_inventory(inv: Inventory, _: Delivery) -> None:
-        if model.apply_inventory(inv):
-            gpu_metrics().update(model.inventories())
+        state.record_inventory(inv)
 
     async def on_heartbeat(beat: Heartbeat, _: Delivery) -> None:
-        model.apply_heartbeat(beat, utc_now())
+        state.read_model.apply_heartbeat(beat, utc_now())
 
     await bus.subscribe(INVENTORY_ALL, Inventory, on_inventory)
     await bus.subscribe(HEARTBEAT_ALL, Heartbeat, on_heartbeat)
     for inv in await bus.latest(INVENTORY_ALL, Inventory):
-        model.apply_inventory(inv)
-    gpu_metrics().update(model.inventories())
+        state.record_inventory(inv)
     state.bus = bus
 
 

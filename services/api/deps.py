@@ -11,7 +11,9 @@ from sqlalchemy import Engine
 from services.api.readmodel import ReadModel
 from services.api.settings import ApiSettings
 from shared.bus.base import Bus
+from shared.contracts import Inventory
 from shared.errors import BusUnavailable
+from shared.telemetry import gpu_metrics
 
 
 @dataclass
@@ -22,6 +24,11 @@ class GatewayState:
     read_model: ReadModel = field(default_factory=ReadModel)
     bus: Bus | None = None
     engine: Engine | None = None
+
+    def record_inventory(self, inv: Inventory) -> None:
+        """Keep ``inv`` if it is the newest of its host, and refresh the per-GPU gauges."""
+        if self.read_model.apply_inventory(inv):
+            gpu_metrics().update(self.read_model.inventories())
 
 
 def get_state(request: Request) -> GatewayState:

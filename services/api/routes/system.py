@@ -12,7 +12,6 @@ from services.api.schemas import ErrorOut, GpuOut, GpusOut, HostOut
 from shared.contracts import Inventory, RescanRequest
 from shared.errors import GpuplaneError
 from shared.subjects import DETECTOR_RESCAN
-from shared.telemetry import gpu_metrics
 
 router = APIRouter(prefix="/api/system", tags=["system"])
 
@@ -67,6 +66,5 @@ async def list_gpus(read_model: ReadModelDep) -> GpusOut:
 async def detect(bus: BusDep, read_model: ReadModelDep, state: StateDep) -> GpusOut:
     """Ask the detectors to rescan, and return the inventory they report."""
     fresh = await bus.request(DETECTOR_RESCAN, RescanRequest(reason="api"), Inventory)
-    if read_model.apply_inventory(fresh):
-        gpu_metrics().update(read_model.inventories())
+    state.record_inventory(fresh)
     return current(read_model)
