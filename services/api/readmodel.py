@@ -65,12 +65,9 @@ class ReadModel:
         sources = {inv.source for inv in inventories}
         source = next(iter(sources)).value if len(sources) == 1 else "mixed"
         gpus = tuple(GpuView(inv.host, gpu) for inv in inventories for gpu in inv.gpus)
-        if gpus:
-            message = "; ".join(f"{inv.host}: {inv.status_message}" for inv in inventories)
-            if InventorySource.SIMULATED in sources:
-                message += "; SIMULATED, not real hardware"
-        else:
-            message = "; ".join(f"{inv.host}: {inv.status_message}" for inv in inventories)
+        message = "; ".join(f"{inv.host}: {inv.status_message}" for inv in inventories)
+        if gpus and InventorySource.SIMULATED in sources:
+            message += "; SIMULATED, not real hardware"
         return FleetView(gpus=gpus, source=source, inventories=inventories, message=message)
 
     def services(self, now: datetime, stale_after_s: float) -> dict[ServiceName, ServiceStatus]:
