@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from shared.errors import ProcessStartError
+
 log = logging.getLogger("gpuplane.supervisor")
 
 _PR_SET_PDEATHSIG = 1
@@ -108,8 +110,6 @@ class Supervised:
         self._watcher = asyncio.create_task(self._watch(), name=f"watch-{self.spec.name}")
 
     async def _wait_ready(self) -> None:
-        from shared.errors import ProcessStartError
-
         assert self.spec.ready is not None and self.process is not None
         deadline = time.monotonic() + self.spec.ready_timeout_s
         while time.monotonic() < deadline:
