@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from services.detector.core import precision_support
 from shared.contracts import Gpu, Inventory, InventoryChange, InventorySource
 
 FIXED_TIME = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -37,7 +38,7 @@ def make_gpu(
     ``vram_free_mb`` defaults to total - used; fp16/bf16 default to what the compute
     capability implies (fp16 from 5.3, bf16 from 8.0).
     """
-    cc = _cc_tuple(compute_capability)
+    fp16, bf16 = precision_support(compute_capability)
     return Gpu(
         index=index,
         uuid=uuid if uuid is not None else f"GPU-00000000-0000-4000-8000-{index:012x}",
@@ -48,8 +49,8 @@ def make_gpu(
         vram_free_mb=vram_free_mb if vram_free_mb is not None else vram_total_mb - vram_used_mb,
         utilization_percent=utilization_percent,
         compute_capability=compute_capability,
-        supports_fp16=supports_fp16 if supports_fp16 is not None else cc >= (5, 3),
-        supports_bf16=supports_bf16 if supports_bf16 is not None else cc >= (8, 0),
+        supports_fp16=supports_fp16 if supports_fp16 is not None else fp16,
+        supports_bf16=supports_bf16 if supports_bf16 is not None else bf16,
         temperature_c=temperature_c,
         power_draw_w=power_draw_w,
         power_limit_w=power_limit_w,
@@ -83,10 +84,3 @@ def make_inventory(
         problems=problems,
         fleet_file=fleet_file,
     )
-
-
-def _cc_tuple(compute_capability: str | None) -> tuple[int, int]:
-    if compute_capability is None:
-        return (0, 0)
-    major, minor = compute_capability.split(".")
-    return (int(major), int(minor))
