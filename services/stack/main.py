@@ -10,10 +10,13 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
+
+import httpx
 
 from services.stack import embedded
 from services.stack.settings import StackSettings
@@ -195,6 +198,21 @@ def _service_specs(
     return specs
 
 
+async def _wait_healthy(settings: StackSettings) -> bool:
+    """Wait until /healthz is green (every service heard from), so "up" means up."""
+    url = f"http://127.0.0.1:{settings.http_port}/healthz"
+    deadline = time.monotonic() + settings.startup_timeout_s
+    async with httpx.AsyncClient(timeout=5.0) as client:
+        while time.monotonic() < deadline:
+            try:
+                if (await client.get(url)).status_code == 200:
+                    return True
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.2)
+    return False
+
+
 async def _first_inventory(nats_url: str, timeout_s: float) -> list[Inventory]:
     from shared.bus.nats import connect_once
 
@@ -332,11 +350,8 @@ async def run_stack(settings: StackSettings) -> int:
         except (TimeoutError, BusError) as exc:
             log.warning("no inventory from the detector yet: %s", exc or "timed out")
             inventories = []
-        api_ready = _tcp_ready(settings.http_port)
-        for _ in range(int(settings.startup_timeout_s * 10)):
-            if await api_ready():
-                break
-            await asyncio.sleep(0.1)
+        if not await _wait_healthy(settings):
+            log.warning("not every part reports healthy yet; see %s/healthz", f"http://127.0.0.1:{settings.http_port}")
         print(
             _banner(settings, nats_url, nats_embedded, db_url, db_embedded, data_dir, fleet, inventories, metrics),
             flush=True,

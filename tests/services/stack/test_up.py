@@ -114,6 +114,12 @@ async def first_inventory(nats_url: str, timeout_s: float) -> tuple[str, dict[st
         await nc.close()
 
 
+def test_healthz_is_green_as_soon_as_up_says_it_is_up(stack: Stack) -> None:
+    # First in the file: no time has passed since the banner; "up" must already mean healthy.
+    r = httpx.get(f"{stack.api}/healthz", timeout=10)
+    assert r.status_code == 200, r.json()
+
+
 def test_banner_says_where_everything_is_and_that_gpus_are_simulated(stack: Stack) -> None:
     out = stack.output()
     assert "gpuplane is up" in out
