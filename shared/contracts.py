@@ -172,10 +172,156 @@ class ErrorReply(Message):
     type: Literal["gpuplane.error.v1"] = "gpuplane.error.v1"
     code: Literal["bad_request", "unavailable", "internal"]
     message: str
+    field: str | None = None
+    """Dotted path of the request field at fault (``assignments.2.service``), for bad requests."""
+
+
+# --------------------------------------------------------------------------- planner
+#
+# VRAM on the planner's messages is in GB, as users write it in catalogs and budgets; one GB is
+# 1024 MiB here (the unit nvidia-smi's MiB figures divide into), so a "4 GB" card is 4096 MiB.
+
+
+class StrategyInfo(Frozen):
+    name: str
+    description: str
+    recommended: bool = False
+
+
+class AssignmentRequest(Frozen):
+    """One service as the user wants it: a GPU (or none: placed by the strategy), a budget."""
+
+    service: str = Field(min_length=1)
+    gpu_index: int | None = Field(default=None, ge=0, description="The GPU; null lets the strategy choose.")
+    gpu_indices: tuple[int, ...] | None = Field(
+        default=None, description="For a service that needs several GPUs: all of them, on one host."
+    )
+    host: str | None = Field(default=None, description="Required only when several hosts have GPUs.")
+    vram_budget_override: float | None = Field(default=None, gt=0, le=4096, description="VRAM budget in GB.")
+    enabled: bool = True
+
+
+class ServiceAssignment(Frozen):
+    """Where one service runs in a plan or in the saved configuration."""
+
+    service: str
+    model: str
+    host: str | None
+    gpu_indices: tuple[int, ...]
+    """Empty when the service could not be placed (no GPUs, or none fits its needs)."""
+    gpu_uuids: tuple[str, ...] = ()
+    vram_estimate_gb: float
+    vram_budget_gb: float | None = None
+    """The budget the service is told (VRAM_BUDGET_GB); set when lowered or overridden."""
+    vram_budget_override: float | None = None
+    """What the user asked for, if anything."""
+    pinned: bool = False
+    """True when the user chose the GPU; false when the strategy did."""
+    placed_by: str
+    enabled: bool = True
+
+    @property
+    def gpu_index(self) -> int | None:
+        return self.gpu_indices[0] if self.gpu_indices else None
+
+
+class GpuPlanLoad(Frozen):
+    """What a plan puts on one GPU."""
+
+    host: str
+    index: int
+    name: str
+    capacity_gb: float
+    planned_gb: float
+    services: tuple[str, ...]
+    overcommitted: bool
+
+
+class AssignmentDiff(Frozen):
+    service: str
+    change: Literal["added", "moved", "budget", "removed", "unchanged"]
+    before: str | None
+    after: str | None
+
+
+class GpuConfig(Frozen):
+    """The configuration the planner keeps (or, before the first save, would keep)."""
+
+    strategy: str
+    saved: bool
+    saved_at: datetime | None = None
+    revision: int = 0
+    assignments: tuple[ServiceAssignment, ...] = ()
+    warnings: tuple[str, ...] = ()
+
+
+class ConfigGetRequest(Message):
+    type: Literal["gpuplane.planner.config.get.v1"] = "gpuplane.planner.config.get.v1"
+
+
+class ConfigReply(Message):
+    type: Literal["gpuplane.planner.config.v1"] = "gpuplane.planner.config.v1"
+    config: GpuConfig
+    strategies: tuple[StrategyInfo, ...]
+    message: str | None = None
+    """Set when there is something to say about the fleet, e.g. "No GPUs detected"."""
+
+
+class ConfigPutRequest(Message):
+    type: Literal["gpuplane.planner.config.put.v1"] = "gpuplane.planner.config.put.v1"
+    strategy: str
+    assignments: tuple[AssignmentRequest, ...] = ()
+
+
+class ConfigSaved(Message):
+    type: Literal["gpuplane.planner.config.saved.v1"] = "gpuplane.planner.config.saved.v1"
+    success: bool = True
+    warnings: tuple[str, ...] = ()
+    config: GpuConfig
+    changes: tuple[AssignmentDiff, ...] = ()
+
+
+class PreviewRequest(Message):
+    type: Literal["gpuplane.planner.preview.request.v1"] = "gpuplane.planner.preview.request.v1"
+    strategy: str
+
+
+class PlanPreview(Message):
+    type: Literal["gpuplane.planner.preview.v1"] = "gpuplane.planner.preview.v1"
+    strategy: str
+    assignments: tuple[ServiceAssignment, ...]
+    warnings: tuple[str, ...]
+    gpus: tuple[GpuPlanLoad, ...]
+    changes: tuple[AssignmentDiff, ...]
+    feasible: bool
+    """False when some service could not be placed, or a GPU is over capacity."""
+    message: str | None = None
+
+
+class ConfigChanged(Message):
+    """Published after every save: a UI (or the orchestrator) sees the new configuration."""
+
+    type: Literal["gpuplane.config.changed.v1"] = "gpuplane.config.changed.v1"
+    config: GpuConfig
+    changes: tuple[AssignmentDiff, ...]
+    at: datetime = Field(default_factory=utc_now)
 
 
 AnyMessage = Annotated[
-    Inventory | GpuHealthChanged | RescanRequest | Heartbeat | HealthRequest | HealthReply | ErrorReply,
+    Inventory
+    | GpuHealthChanged
+    | RescanRequest
+    | Heartbeat
+    | HealthRequest
+    | HealthReply
+    | ErrorReply
+    | ConfigGetRequest
+    | ConfigReply
+    | ConfigPutRequest
+    | ConfigSaved
+    | PreviewRequest
+    | PlanPreview
+    | ConfigChanged,
     Field(discriminator="type"),
 ]
 _ANY = TypeAdapter(AnyMessage)
@@ -189,6 +335,21 @@ def parse_any(data: bytes | str) -> Message:
 def message_types() -> dict[str, type[Message]]:
     """Map of every ``type`` literal to its model (for docs and tests)."""
     result: dict[str, type[Message]] = {}
-    for model in (Inventory, GpuHealthChanged, RescanRequest, Heartbeat, HealthRequest, HealthReply, ErrorReply):
+    for model in (
+        Inventory,
+        GpuHealthChanged,
+        RescanRequest,
+        Heartbeat,
+        HealthRequest,
+        HealthReply,
+        ErrorReply,
+        ConfigGetRequest,
+        ConfigReply,
+        ConfigPutRequest,
+        ConfigSaved,
+        PreviewRequest,
+        PlanPreview,
+        ConfigChanged,
+    ):
         result[model.model_fields["type"].default] = model
     return result

@@ -2,9 +2,34 @@
 
 from __future__ import annotations
 
+from typing import ClassVar, Literal
+
+ReplyCode = Literal["bad_request", "unavailable", "internal"]
+
 
 class GpuplaneError(Exception):
-    """Base of every error gpuplane raises on purpose."""
+    """Base of every error gpuplane raises on purpose.
+
+    ``reply_code`` is what a bus handler that raises it answers with (see ``shared.bus.core``).
+    """
+
+    reply_code: ClassVar[ReplyCode] = "unavailable"
+
+
+class InvalidRequest(GpuplaneError):
+    """A request that cannot be served as sent; ``field`` is the dotted path of the culprit."""
+
+    reply_code: ClassVar[ReplyCode] = "bad_request"
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class OperationFailed(GpuplaneError):
+    """The request was valid but could not be carried out; nothing was changed."""
+
+    reply_code: ClassVar[ReplyCode] = "internal"
 
 
 class ConfigError(GpuplaneError):
@@ -39,15 +64,18 @@ class BusUnavailable(BusError):
 class RemoteError(BusError):
     """The responder answered with an error reply."""
 
-    def __init__(self, subject: str, code: str, message: str) -> None:
+    def __init__(self, subject: str, code: str, message: str, field: str | None = None) -> None:
         super().__init__(f"{subject}: {message}")
         self.subject = subject
         self.code = code
         self.remote_message = message
+        self.field = field
 
 
 class ContractError(BusError):
     """A message on the bus did not match its contract."""
+
+    reply_code: ClassVar[ReplyCode] = "bad_request"
 
 
 class DetectionError(GpuplaneError):

@@ -60,6 +60,15 @@ def health(service: ServiceName) -> str:
     return f"{PREFIX}.svc.{service.value}.health"
 
 
+# Planner requests (queue group: one planner instance answers).
+PLANNER_CONFIG_GET = f"{PREFIX}.svc.planner.config.get"
+PLANNER_CONFIG_PUT = f"{PREFIX}.svc.planner.config.put"
+PLANNER_PREVIEW = f"{PREFIX}.svc.planner.preview"
+
+# Every save of the GPU configuration; the latest is kept for late subscribers.
+CONFIG_CHANGED = f"{PREFIX}.config.changed"
+
+
 def queue_group(service: ServiceName) -> str:
     return f"{PREFIX}-{service.value}"
 
@@ -74,11 +83,12 @@ class StreamSpec:
     max_age_s: float
 
 
-# Events a UI that connects late needs: the latest inventory of every host (later: plans,
-# apply progress). Only a short history per subject is kept; the latest is what matters.
+# Events a UI that connects late needs: the latest inventory of every host and the latest saved
+# configuration (later: apply progress). Only a short history per subject is kept; the latest
+# is what matters.
 EVENTS_STREAM = StreamSpec(
     name="GPUPLANE_EVENTS",
-    subjects=(INVENTORY_ALL, GPU_HEALTH_ALL),
+    subjects=(INVENTORY_ALL, GPU_HEALTH_ALL, CONFIG_CHANGED),
     max_msgs_per_subject=16,
     max_age_s=7 * 24 * 3600.0,
 )

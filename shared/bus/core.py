@@ -68,7 +68,7 @@ def decode_reply(data: bytes, reply_type: type[R], subject: str) -> R:
         except ValidationError:
             pass
         else:
-            raise RemoteError(subject, err.code, err.message)
+            raise RemoteError(subject, err.code, err.message, err.field)
     return decode(data, reply_type, subject)
 
 
@@ -145,16 +145,12 @@ class Dispatcher:
                             reply_expected=reply_expected,
                         ),
                     )
-                except ContractError as exc:
-                    outcome = "invalid"
-                    span.set_status(Status(StatusCode.ERROR, str(exc)))
-                    log.warning("rejected message on %s: %s", subject, exc)
-                    reply = ErrorReply(code="bad_request", message=str(exc))
                 except GpuplaneError as exc:
-                    outcome = "error"
+                    outcome = "invalid" if exc.reply_code == "bad_request" else "error"
                     span.set_status(Status(StatusCode.ERROR, str(exc)))
-                    log.warning("handler for %s failed: %s", subject, exc)
-                    reply = ErrorReply(code="unavailable", message=str(exc))
+                    log.warning("%s on %s: %s", "rejected request" if outcome == "invalid" else "handler failed",
+                                subject, exc)
+                    reply = ErrorReply(code=exc.reply_code, message=str(exc), field=getattr(exc, "field", None))
                 except Exception as exc:  # noqa: BLE001 - the bus is a boundary: one bad message must not kill the subscription
                     outcome = "error"
                     span.record_exception(exc)
