@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from shared.contracts import Inventory
+from shared.contracts import Inventory, PlanPreview
 from shared.errors import GpuplaneError, ServiceCrashed
 
 # flag -> settings field, per subcommand. Flags override GPUPLANE_* variables.
@@ -28,7 +29,13 @@ SERVICE_FLAGS: dict[str, dict[str, tuple[str, type, str]]] = {
         "--fleet": ("fleet", Path, "simulated fleet file (implies --backend simulated)"),
         "--interval-s": ("detect_interval_s", float, "publish at least this often"),
     },
-    "planner": {},
+    "planner": {
+        "--database-url": ("database_url", str, "PostgreSQL that keeps the configuration"),
+        "--catalog-file": ("catalog_file", Path, "GPU service catalog (default config/services.yml)"),
+        "--compose-files": ("compose_files", str, "compose files whose annotated services form the catalog"),
+        "--config-dir": ("config_dir", Path, "where gpu-assignments.yml is written (default config)"),
+        "--default-strategy": ("default_strategy", str, "strategy used until one is saved"),
+    },
     "orchestrator": {},
     "router": {},
     "api": {
@@ -124,26 +131,30 @@ def format_inventories(inventories: Sequence[Inventory]) -> str:
     return "\n".join(out)
 
 
+def _local_inventories(fleet: Path | None, backend_name: str | None) -> list[Inventory]:
+    """Scan this machine now (or simulate ``fleet``), without a stack."""
+    from services.detector.backends import open_backend
+    from services.detector.core import PublishDecider
+    from services.detector.settings import DetectorSettings
+    from shared.contracts import utc_now
+
+    detector = DetectorSettings(fleet=fleet) if fleet else DetectorSettings()
+    backend = open_backend(
+        backend_name or ("simulated" if detector.fleet else detector.detector_backend),
+        host=detector.host_name,
+        fleet=detector.fleet,
+        nvidia_smi=detector.nvidia_smi_path,
+    )
+    try:
+        decider = PublishDecider(interval_s=1.0)
+        return [decider.force(scan, 0.0, utc_now()) for scan in backend.scan()]
+    finally:
+        backend.close()
+
+
 def _run_gpus(args: argparse.Namespace) -> int:
     if args.local:
-        from services.detector.backends import open_backend
-        from services.detector.core import PublishDecider
-        from services.detector.settings import DetectorSettings
-        from shared.contracts import utc_now
-
-        detector = DetectorSettings(**({"fleet": args.fleet} if args.fleet else {}))
-        backend = open_backend(
-            args.backend or ("simulated" if detector.fleet else detector.detector_backend),
-            host=detector.host_name,
-            fleet=detector.fleet,
-            nvidia_smi=detector.nvidia_smi_path,
-        )
-        try:
-            decider = PublishDecider(interval_s=1.0)
-            inventories = [decider.force(scan, 0.0, utc_now()) for scan in backend.scan()]
-        finally:
-            backend.close()
-        print(format_inventories(inventories))
+        print(format_inventories(_local_inventories(args.fleet, args.backend)))
         return 0
 
     from shared.bus.nats import connect_once
@@ -163,6 +174,71 @@ def _run_gpus(args: argparse.Namespace) -> int:
             await bus.drain()
 
     print(format_inventories(asyncio.run(fetch())))
+    return 0
+
+
+def format_plan(preview: PlanPreview, title: str) -> str:
+    """A plan as tables: services and their GPUs, then VRAM per GPU, then warnings."""
+    multi_host = len({g.host for g in preview.gpus}) > 1
+    names = {(g.host, g.index): g.name for g in preview.gpus}
+    out = [title, ""]
+    out.append(f"  {'Service':<16} {'Model':<30} {'VRAM est.':>9}  {'GPU':<34} {'Budget':>7}  Placed by")
+    for a in preview.assignments:
+        if not a.enabled:
+            gpu = "disabled"
+        elif not a.gpu_indices:
+            gpu = "none"
+        else:
+            host = f"{a.host}:" if multi_host else ""
+            ids = ",".join(f"{host}{i}" for i in a.gpu_indices)
+            gpu = f"{ids} ({names.get((a.host or '', a.gpu_indices[0]), '?')})"
+        budget = f"{a.vram_budget_gb:g} GB" if a.vram_budget_gb is not None else "-"
+        est = f"{a.vram_estimate_gb:g} GB"
+        out.append(f"  {a.service:<16} {a.model[:30]:<30} {est:>9}  {gpu[:34]:<34} {budget:>7}  {a.placed_by}")
+    if preview.gpus:
+        out += ["", f"  {'GPU':<10} {'Name':<28} {'Planned / Capacity':>20}  Services"]
+        for g in preview.gpus:
+            gpu = f"{g.host}:{g.index}" if multi_host else str(g.index)
+            pct = 100 * g.planned_gb / g.capacity_gb if g.capacity_gb else 0
+            over = "  OVER" if g.overcommitted else ""
+            load = f"{g.planned_gb:.1f} / {g.capacity_gb:.1f} GB {pct:3.0f}%"
+            out.append(f"  {gpu:<10} {g.name[:28]:<28} {load:>20}  {', '.join(g.services) or '-'}{over}")
+    if preview.warnings:
+        out += ["", "Warnings:", *(f"  - {w}" for w in preview.warnings)]
+    if preview.message:
+        out += ["", preview.message]
+    return "\n".join(out)
+
+
+def _run_plan(args: argparse.Namespace) -> int:
+    """Plan locally: the detector's view of this machine (or a fleet file) and the catalog, no stack."""
+    from services.planner.catalog import load_catalog
+    from services.planner.core.planning import make_plan
+    from services.planner.core.render import preview
+    from services.planner.core.snapshot import make_problem
+    from services.planner.core.strategies import STRATEGY_NAMES, get_strategy
+    from services.planner.settings import PlannerSettings
+
+    overrides: dict[str, Any] = {}
+    if args.catalog_file:
+        overrides["catalog_file"] = args.catalog_file
+    if args.compose_files:
+        overrides["compose_files"] = args.compose_files
+    settings = PlannerSettings(**overrides)
+    catalog, source = load_catalog(settings.catalog_file, settings.compose_paths())
+    inventories = _local_inventories(args.fleet, args.backend)
+    names = STRATEGY_NAMES if args.strategy == "all" else (get_strategy(args.strategy).NAME,)
+    where = f"fleet {args.fleet}" if args.fleet else "this machine"
+    sources = ", ".join(sorted({inv.source.value for inv in inventories}))
+    previews = []
+    for name in names:
+        plan = make_plan(make_problem(inventories, catalog, headroom_gb=settings.vram_headroom_gb), get_strategy(name))
+        previews.append(preview(plan, ()))
+    if args.json:
+        print("\n".join(p.model_dump_json(indent=2) for p in previews))
+        return 0
+    blocks = [format_plan(p, f"Plan: {p.strategy}   ({where}, {sources}; catalog {source})") for p in previews]
+    print("\n\n".join(blocks))
     return 0
 
 
@@ -230,6 +306,15 @@ def build_parser() -> argparse.ArgumentParser:
     gpus.add_argument("--fleet", type=Path, default=None, help="with --local: simulate this fleet file")
     gpus.add_argument("--backend", default=None, help="with --local: auto, nvml, nvidia-smi, simulated, none")
 
+    plan = sub.add_parser("plan", help="print the plan a strategy makes for a fleet (no stack needed)")
+    plan.add_argument("--strategy", default="vram_based", help="manual, vram_based, latency_optimized, "
+                      "isolation_first, balanced, or all")
+    plan.add_argument("--fleet", type=Path, default=None, help="simulated fleet file (default: detect this machine)")
+    plan.add_argument("--backend", default=None, help="detector backend when no --fleet: auto, nvml, nvidia-smi, none")
+    plan.add_argument("--catalog-file", type=Path, default=None, help="service catalog (default config/services.yml)")
+    plan.add_argument("--compose-files", default=None, help="compose files whose annotated services form the catalog")
+    plan.add_argument("--json", action="store_true", help="print the plan as JSON (the preview API's shape)")
+
     watch = sub.add_parser("watch", help="print messages on a NATS subject, e.g. 'gpuplane.inventory.>'")
     watch.add_argument("subject", nargs="?", default="gpuplane.>", help="subject, wildcards allowed")
     watch.add_argument("--nats-url", default=None, help="NATS of the running stack")
@@ -243,6 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "up": _run_up,
     "gpus": _run_gpus,
+    "plan": _run_plan,
     "watch": _run_watch,
     **{name: functools.partial(_run_service, name) for name in SERVICE_FLAGS},
 }
@@ -265,6 +351,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `gpuplane plan ... | head`
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silences the interpreter's flush at exit
+        return 0
 
 
 if __name__ == "__main__":

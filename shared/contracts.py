@@ -283,7 +283,8 @@ class ConfigSaved(Message):
 
 class PreviewRequest(Message):
     type: Literal["gpuplane.planner.preview.request.v1"] = "gpuplane.planner.preview.request.v1"
-    strategy: str
+    strategy: str | None = None
+    """None: the saved strategy (or the default before the first save)."""
 
 
 class PlanPreview(Message):

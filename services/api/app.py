@@ -17,7 +17,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
 from services.api.deps import GatewayState
-from services.api.routes import health, system
+from services.api.routes import gpu_config, health, system
 from services.api.routes.system import NoInventoryYet
 from services.api.settings import ApiSettings
 from shared import __version__
@@ -54,6 +54,13 @@ async def _feed_read_model(state: GatewayState, bus: Bus, ctx: ServiceContext) -
 def _error(status: int, detail: str, retry_after_s: int | None = None) -> JSONResponse:
     headers = {"Retry-After": str(retry_after_s)} if retry_after_s else None
     return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+
+
+def _field_error(request: Request, field: str, message: str) -> dict[str, object]:
+    """A service's complaint about one field, shaped like FastAPI's own validation errors."""
+    where = "query" if request.method == "GET" else "body"
+    loc: list[str | int] = [where, *(int(p) if p.isdigit() else p for p in field.split("."))]
+    return {"loc": loc, "msg": message, "type": "value_error"}
 
 
 def create_app(settings: ApiSettings, *, bus_factory: BusFactory = nats_bus_factory) -> FastAPI:
@@ -99,6 +106,7 @@ def create_app(settings: ApiSettings, *, bus_factory: BusFactory = nats_bus_fact
     app.state.gateway = state
     app.state.crashed = None
     app.include_router(system.router)
+    app.include_router(gpu_config.router)
     app.include_router(health.router)
     metrics = http_metrics()
     tracer = trace.get_tracer("gpuplane.http")
@@ -144,8 +152,10 @@ def create_app(settings: ApiSettings, *, bus_factory: BusFactory = nats_bus_fact
         return _error(503, str(exc), retry)
 
     @app.exception_handler(RemoteError)
-    async def remote(_: Request, exc: RemoteError) -> JSONResponse:
-        status = {"bad_request": 422, "unavailable": 503}.get(exc.code, 502)
+    async def remote(request: Request, exc: RemoteError) -> JSONResponse:
+        if exc.code == "bad_request" and exc.field:
+            return JSONResponse({"detail": [_field_error(request, exc.field, exc.remote_message)]}, status_code=422)
+        status = {"bad_request": 422, "unavailable": 503, "internal": 500}.get(exc.code, 502)
         return _error(status, exc.remote_message, retry if status == 503 else None)
 
     @app.exception_handler(BusError)

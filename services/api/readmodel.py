@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from shared.contracts import Gpu, Heartbeat, Inventory, InventorySource, ServiceName
+from shared.fleet import LatestInventories
 
 
 @dataclass(frozen=True)
@@ -35,17 +36,13 @@ class ReadModel:
     """Latest inventory per host and latest heartbeat per service instance."""
 
     def __init__(self) -> None:
-        self._inventories: dict[str, Inventory] = {}
+        self._inventories = LatestInventories()
         # Keyed by instance; stamped with our receive time so other hosts' clocks do not matter.
         self._heartbeats: dict[tuple[ServiceName, str], tuple[Heartbeat, datetime]] = {}
 
     def apply_inventory(self, inv: Inventory) -> bool:
         """Keep ``inv`` unless a newer inventory of that host is already known."""
-        current = self._inventories.get(inv.host)
-        if current is not None and current.detected_at > inv.detected_at:
-            return False
-        self._inventories[inv.host] = inv
-        return True
+        return self._inventories.apply(inv)
 
     def apply_heartbeat(self, beat: Heartbeat, received_at: datetime, forget_after_s: float = 3600.0) -> None:
         """Record a heartbeat; instances silent for ``forget_after_s`` (restarted processes) are dropped."""
@@ -55,7 +52,7 @@ class ReadModel:
             del self._heartbeats[key]
 
     def inventories(self) -> tuple[Inventory, ...]:
-        return tuple(self._inventories[h] for h in sorted(self._inventories))
+        return self._inventories.all()
 
     def fleet(self) -> FleetView | None:
         """All GPUs of all hosts, or None before the first inventory."""

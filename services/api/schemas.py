@@ -4,9 +4,17 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
-from shared.contracts import Gpu
+from shared.contracts import (
+    AssignmentDiff,
+    AssignmentRequest,
+    Gpu,
+    GpuConfig,
+    GpuPlanLoad,
+    ServiceAssignment,
+    StrategyInfo,
+)
 
 
 class GpuOut(Gpu):
@@ -54,3 +62,44 @@ class HealthOut(BaseModel):
 
 class ErrorOut(BaseModel):
     detail: str
+
+
+class GpuConfigIn(BaseModel):
+    """Body of PUT /api/system/gpu-config."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    strategy: str = Field(description="manual, vram_based, latency_optimized, isolation_first or balanced.")
+    assignments: list[AssignmentRequest] = Field(
+        default_factory=list,
+        description="Services whose GPU (or budget) you set; the rest are placed by the strategy. "
+        "Empty with a strategy other than manual: the strategy places everything.",
+    )
+
+
+class GpuConfigOut(BaseModel):
+    strategy: str
+    saved: bool = Field(description="False before the first save: the assignments are the default strategy's plan.")
+    saved_at: datetime | None
+    revision: int
+    assignments: list[ServiceAssignment]
+    warnings: list[str]
+    strategies: list[StrategyInfo]
+    message: str | None = Field(default=None, description='e.g. "No GPUs detected".')
+
+
+class GpuConfigSavedOut(BaseModel):
+    success: bool
+    warnings: list[str]
+    config: GpuConfig
+    changes: list[AssignmentDiff]
+
+
+class PlanPreviewOut(BaseModel):
+    strategy: str
+    assignments: list[ServiceAssignment]
+    warnings: list[str]
+    gpus: list[GpuPlanLoad] = Field(description="Planned VRAM per GPU.")
+    changes: list[AssignmentDiff] = Field(description="What would change from the saved configuration.")
+    feasible: bool
+    message: str | None = None

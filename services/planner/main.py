@@ -1,19 +1,130 @@
-"""Planner service: assignment strategies and the stored configuration (filled by the planner issue).
-
-For now a thin shell: it connects, answers health requests, heartbeats and drains on signal.
-"""
+"""Planner service: answers config reads, previews and saves over NATS; keeps gpu_devices current."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
+
+from services.planner.catalog import load_catalog
+from services.planner.service import Planner
 from services.planner.settings import PlannerSettings
-from shared.bus.base import Bus
-from shared.contracts import ServiceName
-from shared.service import ServiceContext, run
+from shared.bus.base import Bus, Delivery
+from shared.contracts import (
+    ConfigChanged,
+    ConfigGetRequest,
+    ConfigPutRequest,
+    ConfigReply,
+    ConfigSaved,
+    Inventory,
+    PlanPreview,
+    PreviewRequest,
+    ServiceName,
+    utc_now,
+)
+from shared.database import DatabaseUnavailable, make_engine
+from shared.errors import BusError
+from shared.service import ServiceContext, StartFn, run
+from shared.subjects import (
+    CONFIG_CHANGED,
+    INVENTORY_ALL,
+    PLANNER_CONFIG_GET,
+    PLANNER_CONFIG_PUT,
+    PLANNER_PREVIEW,
+    queue_group,
+)
+
+log = logging.getLogger("gpuplane.planner")
 
 
-async def start(bus: Bus, ctx: ServiceContext) -> None:
-    """Nothing to subscribe yet beyond what every service answers."""
+def make_planner(settings: PlannerSettings) -> Planner:
+    """The planner over the catalog; a bad catalog fails here, at start-up, naming file and field."""
+    catalog, source = load_catalog(settings.catalog_file, settings.compose_paths())
+    log.info("catalog: %d GPU services from %s (%s)", len(catalog), source, ", ".join(s.name for s in catalog))
+    return Planner(
+        catalog, default_strategy=settings.default_strategy, headroom_gb=settings.vram_headroom_gb, clock=utc_now
+    )
+
+
+async def _open_store(planner: Planner, settings: PlannerSettings) -> None:
+    """Connect, migrate and re-sync the YAML mirror; retried until the database answers."""
+    from services.planner.store import ConfigStore
+
+    assert settings.database_url
+    engine = make_engine(settings.database_url, pool_size=2)
+    store = ConfigStore(engine, settings.mirror_path)
+    while True:
+        try:
+            await asyncio.to_thread(store.migrate)
+            if await asyncio.to_thread(store.sync_mirror):
+                log.warning("%s did not match the database; rewritten from it", settings.mirror_path)
+            break
+        except DatabaseUnavailable as exc:
+            planner.store_problem = str(exc)
+            log.warning("configuration store not ready (%s); retrying in %.1f s", exc, settings.database_retry_s)
+            await asyncio.sleep(settings.database_retry_s)
+    planner.store = store
+    planner.store_problem = None
+    log.info("configuration store ready; YAML mirror at %s", settings.mirror_path)
+
+
+def make_start(settings: PlannerSettings, planner: Planner) -> StartFn:
+    async def start(bus: Bus, ctx: ServiceContext) -> None:
+        last_recorded: dict[str, tuple[float, tuple[object, ...]]] = {}
+
+        async def record(inv: Inventory) -> None:
+            # gpu_devices follows the inventory, but unchanged readings are written only now and then.
+            store = planner.store
+            if store is None:
+                return
+            shape = tuple((g.index, g.uuid, g.name, g.vram_total_mb, g.healthy) for g in inv.gpus)
+            at, previous = last_recorded.get(inv.host, (0.0, ()))
+            if shape == previous and time.monotonic() - at < settings.device_record_interval_s:
+                return
+            try:
+                await asyncio.to_thread(store.record_devices, inv, utc_now())
+            except DatabaseUnavailable as exc:
+                log.warning("gpu_devices not updated: %s", exc)
+                return
+            last_recorded[inv.host] = (time.monotonic(), shape)
+
+        async def on_inventory(inv: Inventory, _: Delivery | None = None) -> None:
+            if planner.inventories.apply(inv):
+                await record(inv)
+
+        async def on_get(_: ConfigGetRequest, __: Delivery) -> ConfigReply:
+            return await planner.config()
+
+        async def on_preview(req: PreviewRequest, _: Delivery) -> PlanPreview:
+            return await planner.preview(req.strategy)
+
+        async def on_put(req: ConfigPutRequest, _: Delivery) -> ConfigSaved:
+            result = await planner.save(req)
+            try:
+                await bus.publish(CONFIG_CHANGED, ConfigChanged(config=result.saved, changes=result.reply.changes))
+            except BusError as exc:
+                log.warning("configuration revision %d saved, but its event was not published: %s",
+                            result.saved.revision, exc)
+            return result.reply
+
+        await bus.subscribe(INVENTORY_ALL, Inventory, on_inventory)
+        for inv in await bus.latest(INVENTORY_ALL, Inventory):
+            await on_inventory(inv)
+        group = queue_group(ServiceName.PLANNER)
+        await bus.subscribe(PLANNER_CONFIG_GET, ConfigGetRequest, on_get, queue=group)
+        await bus.subscribe(PLANNER_PREVIEW, PreviewRequest, on_preview, queue=group)
+        await bus.subscribe(PLANNER_CONFIG_PUT, ConfigPutRequest, on_put, queue=group)
+        if settings.database_url:
+            ctx.spawn(_open_store(planner, settings), name="open-store")
+        ctx.add_health(lambda: {
+            "catalog": f"{len(planner.catalog)} services",
+            "store": "ready" if planner.store is not None else f"not ready: {planner.store_problem}",
+            "hosts": str(len(planner.inventories.all())),
+        })
+
+    return start
 
 
 def main(settings: PlannerSettings) -> None:
-    run(ServiceName.PLANNER, settings, start)
+    planner = make_planner(settings)
+    run(ServiceName.PLANNER, settings, make_start(settings, planner))

@@ -80,6 +80,25 @@ def choose_fleet(settings: StackSettings) -> FleetChoice:
     return FleetChoice(path, f"no GPU found on this machine ({problems})")
 
 
+@dataclass(frozen=True)
+class CatalogChoice:
+    catalog_file: Path
+    source: str
+    services: tuple[str, ...]
+    mirror: Path
+
+
+def check_catalog() -> CatalogChoice:
+    """Validate the planner's catalog before anything starts, so a bad one stops ``up`` with its reason."""
+    from services.planner.catalog import load_catalog
+    from services.planner.settings import PlannerSettings
+
+    planner = PlannerSettings()
+    catalog_file = _project_file(planner.catalog_file)
+    specs, source = load_catalog(catalog_file, tuple(_project_file(p) for p in planner.compose_paths()))
+    return CatalogChoice(catalog_file, source, tuple(s.name for s in specs), planner.mirror_path.resolve())
+
+
 def _project_file(path: Path) -> Path:
     """A relative path from the current folder, else from the project root (deploy/ ships there)."""
     path = path.expanduser()
@@ -173,7 +192,12 @@ def _check_ports(settings: StackSettings) -> dict[ServiceName, int]:
 
 
 def _service_specs(
-    settings: StackSettings, nats_url: str, db_url: str, fleet: FleetChoice, metrics: dict[ServiceName, int]
+    settings: StackSettings,
+    nats_url: str,
+    db_url: str,
+    fleet: FleetChoice,
+    catalog: CatalogChoice,
+    metrics: dict[ServiceName, int],
 ) -> list[ProcessSpec]:
     """The five services, each told where NATS and the database are."""
     common = {
@@ -191,6 +215,8 @@ def _service_specs(
             env["GPUPLANE_DETECTOR_BACKEND"] = "simulated" if fleet.fleet else settings.detector_backend
             if fleet.fleet:
                 env["GPUPLANE_FLEET"] = str(fleet.fleet)
+        if name is ServiceName.PLANNER:
+            env["GPUPLANE_CATALOG_FILE"] = str(catalog.catalog_file)
         if name is ServiceName.API:
             env["GPUPLANE_HTTP_PORT"] = str(settings.http_port)
             env["GPUPLANE_HTTP_HOST"] = settings.http_host
@@ -244,6 +270,7 @@ def _banner(
     db_embedded: bool,
     data_dir: Path,
     fleet: FleetChoice,
+    catalog: CatalogChoice,
     inventories: list[Inventory],
     metrics: dict[ServiceName, int],
 ) -> str:
@@ -276,6 +303,8 @@ def _banner(
         lines.append(f"  Fleet      {fleet.fleet}  ({fleet.reason})")
     if not inventories:
         lines.append("  GPUs       no inventory yet (the detector has not reported; see the log above)")
+    lines.append(f"  Services   {', '.join(catalog.services)}   (catalog {catalog.source})")
+    lines.append(f"  Config     {api}/api/system/gpu-config   (mirrored to {catalog.mirror})")
     lines.append("Press Ctrl-C to stop everything.")
     return "\n".join(lines)
 
@@ -299,6 +328,7 @@ async def run_stack(settings: StackSettings) -> int:
         fleet = await asyncio.to_thread(choose_fleet, settings)
         if fleet.fleet is not None and settings.fleet is None:
             log.warning("NO GPU FOUND: simulating the fleet in %s (%s)", fleet.fleet, fleet.reason)
+        catalog = await asyncio.to_thread(check_catalog)
         metrics = _check_ports(settings)
 
         if settings.nats_url:
@@ -335,7 +365,7 @@ async def run_stack(settings: StackSettings) -> int:
             await asyncio.to_thread(embedded.create_database_if_missing, pg_layout)
             db_url, db_embedded = pg_layout.url(), True
 
-        for spec in _service_specs(settings, nats_url, db_url, fleet, metrics):
+        for spec in _service_specs(settings, nats_url, db_url, fleet, catalog, metrics):
             await supervisor.start(spec)
         state.update(
             api_url=f"http://{settings.http_host}:{settings.http_port}",
@@ -353,7 +383,9 @@ async def run_stack(settings: StackSettings) -> int:
         if not await _wait_healthy(settings):
             log.warning("not every part reports healthy yet; see %s/healthz", f"http://127.0.0.1:{settings.http_port}")
         print(
-            _banner(settings, nats_url, nats_embedded, db_url, db_embedded, data_dir, fleet, inventories, metrics),
+            _banner(
+                settings, nats_url, nats_embedded, db_url, db_embedded, data_dir, fleet, catalog, inventories, metrics
+            ),
             flush=True,
         )
         state.update(ready=True)

@@ -8,7 +8,6 @@ from typing import Literal
 from services.planner.core.model import Assignment, GpuLoad, Plan, gb
 from shared.contracts import AssignmentDiff, GpuPlanLoad, PlanPreview, ServiceAssignment
 
-
 ChangeKind = Literal["added", "moved", "budget", "removed"]
 
 

@@ -24,12 +24,15 @@ class LatencyOptimized:
         rest = by_size([s for s in pending if not s.critical_path])
         critical_names = {s.name for s in problem.services if s.critical_path}
 
+        def hosts_critical(c: Candidate) -> bool:
+            return any(t.service in critical_names for k in c.keys for t in ledger.tenants(k))
+
         def fastest_first(spec: ServiceSpec, c: Candidate, ledger: Ledger) -> tuple[float, ...]:
-            return (min(speed[k] for k in c.keys), min(ledger.free(k) for k in c.keys))
+            # Among equally fast GPUs, keep the critical path together (detector -> LLM hand-off).
+            return (min(speed[k] for k in c.keys), hosts_critical(c), min(ledger.free(k) for k in c.keys))
 
         def away_from_critical(spec: ServiceSpec, c: Candidate, ledger: Ledger) -> tuple[float, ...]:
-            shares = any(t.service in critical_names for k in c.keys for t in ledger.tenants(k))
-            return (not shares, -min(speed[k] for k in c.keys), min(ledger.free(k) for k in c.keys))
+            return (not hosts_critical(c), min(ledger.free(k) for k in c.keys))
 
         placements = greedy(problem, ledger, critical, fastest_first)
         placements += greedy(problem, ledger, rest, away_from_critical)
@@ -40,7 +43,7 @@ class LatencyOptimized:
             top = max(healthy, key=lambda g: g.speed)
             label = problem.gpu_label(top.host, top.index)
             for p in placements[: len(critical)]:
-                if p.gpus and top.key not in p.gpus:
+                if p.gpus and min(speed[k] for k in p.gpus) < top.speed:
                     notes.append(
                         f"{p.service} is on the critical path but does not fit on the fastest GPU, {label} "
                         f"({top.name}, ~{top.speed:.0f} TFLOPS); placed on "

@@ -1,0 +1,153 @@
+"""What the planner does with each request: plan with the pure core, keep the result in the store.
+
+No bus and no database driver here: ``main.py`` wires requests to these methods, and the store
+is anything that has :class:`ConfigRepository`'s methods (PostgreSQL in production, a fake in
+unit tests).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from services.planner.core.model import Pin, ServiceSpec
+from services.planner.core.planning import make_plan
+from services.planner.core.render import diff, preview, service_assignment
+from services.planner.core.snapshot import make_problem, pins_from_requests, pins_from_saved
+from services.planner.core.strategies import STRATEGIES, get_strategy
+from services.planner.core.strategies.manual import Manual
+from shared.contracts import (
+    ConfigPutRequest,
+    ConfigReply,
+    ConfigSaved,
+    GpuConfig,
+    Inventory,
+    PlanPreview,
+    ServiceAssignment,
+    StrategyInfo,
+)
+from shared.errors import GpuplaneError
+from shared.fleet import LatestInventories
+
+log = logging.getLogger("gpuplane.planner")
+
+
+class ConfigRepository(Protocol):
+    """Where the configuration is kept (``services.planner.store.ConfigStore``)."""
+
+    def load(self) -> GpuConfig | None: ...
+
+    def save(
+        self, strategy: str, assignments: Sequence[ServiceAssignment], warnings: Sequence[str], now: datetime
+    ) -> GpuConfig: ...
+
+    def record_devices(self, inventory: Inventory, now: datetime) -> None: ...
+
+
+class NotReady(GpuplaneError):
+    """The planner cannot answer yet (no inventory, no database); the message says what is missing."""
+
+
+@dataclass(frozen=True)
+class SaveResult:
+    reply: ConfigSaved
+    saved: GpuConfig
+
+
+class Planner:
+    """Answers config reads, previews and saves. One save at a time per process."""
+
+    def __init__(
+        self,
+        catalog: Sequence[ServiceSpec],
+        *,
+        default_strategy: str,
+        headroom_gb: float,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self.catalog = tuple(catalog)
+        self.default_strategy = get_strategy(default_strategy).NAME
+        self.headroom_gb = headroom_gb
+        self.inventories = LatestInventories()
+        self.store: ConfigRepository | None = None
+        self.store_problem: str | None = "no database configured (GPUPLANE_DATABASE_URL): previews only"
+        self._clock = clock
+        self._save_lock = asyncio.Lock()
+
+    @staticmethod
+    def strategies() -> tuple[StrategyInfo, ...]:
+        return tuple(
+            StrategyInfo(name=s.NAME, description=s.DESCRIPTION, recommended=s.NAME == "vram_based")
+            for s in STRATEGIES.values()
+        )
+
+    def _inventories(self) -> tuple[Inventory, ...]:
+        if not self.inventories:
+            raise NotReady("no GPU inventory received yet from the detector; try again in a few seconds")
+        return self.inventories.all()
+
+    def _store(self) -> ConfigRepository:
+        if self.store is None:
+            raise NotReady(f"the configuration store is not available: {self.store_problem}")
+        return self.store
+
+    async def _saved(self) -> GpuConfig | None:
+        return await asyncio.to_thread(self._store().load)
+
+    def _plan_for(self, strategy_name: str, pins: Sequence[Pin]) -> tuple[tuple[ServiceAssignment, ...], PlanPreview]:
+        problem = make_problem(self._inventories(), self.catalog, pins, self.headroom_gb)
+        plan = make_plan(problem, get_strategy(strategy_name))
+        return tuple(service_assignment(a) for a in plan.assignments), preview(plan, ())
+
+    def _pins_for(self, strategy: str, saved: GpuConfig | None) -> tuple[Pin, ...]:
+        """A strategy on its own plans from scratch; ``manual`` keeps the saved assignments."""
+        if strategy == Manual.NAME and saved is not None:
+            known = {s.name for s in self.catalog}
+            return pins_from_saved([a for a in saved.assignments if a.service in known])
+        return ()
+
+    async def preview(self, strategy: str | None) -> PlanPreview:
+        saved = await self._saved() if self.store is not None else None
+        name = get_strategy(strategy or (saved.strategy if saved else self.default_strategy)).NAME
+        assignments, proposal = self._plan_for(name, self._pins_for(name, saved))
+        return proposal.model_copy(update={"changes": diff(saved.assignments if saved else (), assignments)})
+
+    async def config(self) -> ConfigReply:
+        saved = await self._saved()
+        if saved is None:
+            proposal = await self.preview(self.default_strategy)
+            config = GpuConfig(
+                strategy=proposal.strategy, saved=False, assignments=proposal.assignments, warnings=proposal.warnings
+            )
+            return ConfigReply(config=config, strategies=self.strategies(), message=proposal.message)
+        current = await self.preview(Manual.NAME)
+        known = {a.service for a in saved.assignments}
+        missing = [s.name for s in self.catalog if s.name not in known]
+        extra = [w for w in current.warnings if w not in saved.warnings and not w.startswith("No GPU chosen for")]
+        if missing:
+            extra.append(f"{', '.join(missing)} in the catalog but not in the saved configuration; save again to place "
+                         f"{'it' if len(missing) == 1 else 'them'}.")
+        config = saved.model_copy(update={"warnings": (*saved.warnings, *extra)})
+        return ConfigReply(config=config, strategies=self.strategies(), message=current.message)
+
+    async def save(self, request: ConfigPutRequest) -> SaveResult:
+        strategy = get_strategy(request.strategy).NAME
+        store = self._store()
+        async with self._save_lock:
+            saved = await asyncio.to_thread(store.load)
+            inventories = self._inventories()
+            if request.assignments:
+                gpus = make_problem(inventories, self.catalog).gpus
+                pins = pins_from_requests(request.assignments, self.catalog, gpus)
+            else:
+                pins = self._pins_for(strategy, saved)
+            assignments, proposal = self._plan_for(strategy, pins)
+            config = await asyncio.to_thread(store.save, strategy, assignments, proposal.warnings, self._clock())
+        changes = diff(saved.assignments if saved else (), assignments)
+        log.info("saved GPU configuration revision %d (%s, %d change(s), %d warning(s))",
+                 config.revision, strategy, len(changes), len(proposal.warnings))
+        return SaveResult(ConfigSaved(warnings=proposal.warnings, config=config, changes=changes), config)
