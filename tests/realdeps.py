@@ -73,6 +73,17 @@ class Postgres:
                     raise
                 time.sleep(0.2)
 
+    def fresh_database(self) -> str:
+        """Create an empty database for one test; returns its URL."""
+        import uuid
+
+        import psycopg
+
+        name = f"t_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return self.url.rsplit("/", 1)[0] + f"/{name}"
+
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
             self.process.send_signal(signal.SIGINT)

@@ -6,6 +6,8 @@ import asyncio
 import logging
 import time
 
+from sqlalchemy import Engine
+
 from services.planner.catalog import load_catalog
 from services.planner.service import Planner
 from services.planner.settings import PlannerSettings
@@ -46,12 +48,10 @@ def make_planner(settings: PlannerSettings) -> Planner:
     )
 
 
-async def _open_store(planner: Planner, settings: PlannerSettings) -> None:
-    """Connect, migrate and re-sync the YAML mirror; retried until the database answers."""
+async def _open_store(planner: Planner, settings: PlannerSettings, engine: Engine) -> None:
+    """Migrate and re-sync the YAML mirror; retried until the database answers."""
     from services.planner.store import ConfigStore
 
-    assert settings.database_url
-    engine = make_engine(settings.database_url, pool_size=2)
     store = ConfigStore(engine, settings.mirror_path)
     while True:
         try:
@@ -115,7 +115,13 @@ def make_start(settings: PlannerSettings, planner: Planner) -> StartFn:
         await bus.subscribe(PLANNER_PREVIEW, PreviewRequest, on_preview, queue=group)
         await bus.subscribe(PLANNER_CONFIG_PUT, ConfigPutRequest, on_put, queue=group)
         if settings.database_url:
-            ctx.spawn(_open_store(planner, settings), name="open-store")
+            engine = make_engine(settings.database_url, pool_size=2)
+
+            async def dispose() -> None:
+                engine.dispose()
+
+            ctx.on_stop(dispose)
+            ctx.spawn(_open_store(planner, settings, engine), name="open-store")
         ctx.add_health(lambda: {
             "catalog": f"{len(planner.catalog)} services",
             "store": "ready" if planner.store is not None else f"not ready: {planner.store_problem}",
