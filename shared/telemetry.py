@@ -47,6 +47,8 @@ def setup_logging(service: str, level: str = "INFO", as_json: bool = False) -> N
     # nats-py logs every reconnect attempt at ERROR through our error callback already.
     logging.getLogger("nats").setLevel(logging.CRITICAL)
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    # One INFO line per request would bury `up`'s own messages while it polls /healthz.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def setup_tracing(service: str, otlp_endpoint: str | None) -> None:

@@ -96,7 +96,14 @@ class Planner:
         return self.store
 
     async def _saved(self) -> GpuConfig | None:
-        return await asyncio.to_thread(self._store().load)
+        return self._in_catalog_order(await asyncio.to_thread(self._store().load))
+
+    def _in_catalog_order(self, config: GpuConfig | None) -> GpuConfig | None:
+        if config is None:
+            return None
+        position = {s.name: i for i, s in enumerate(self.catalog)}
+        ordered = sorted(config.assignments, key=lambda a: (position.get(a.service, len(position)), a.service))
+        return config.model_copy(update={"assignments": tuple(ordered)})
 
     def _plan_for(self, strategy_name: str, pins: Sequence[Pin]) -> tuple[tuple[ServiceAssignment, ...], PlanPreview]:
         problem = make_problem(self._inventories(), self.catalog, pins, self.headroom_gb)
@@ -138,7 +145,7 @@ class Planner:
         strategy = get_strategy(request.strategy).NAME
         store = self._store()
         async with self._save_lock:
-            saved = await asyncio.to_thread(store.load)
+            saved = self._in_catalog_order(await asyncio.to_thread(store.load))
             inventories = self._inventories()
             if request.assignments:
                 gpus = make_problem(inventories, self.catalog).gpus
@@ -146,7 +153,8 @@ class Planner:
             else:
                 pins = self._pins_for(strategy, saved)
             assignments, proposal = self._plan_for(strategy, pins)
-            config = await asyncio.to_thread(store.save, strategy, assignments, proposal.warnings, self._clock())
+            stored = await asyncio.to_thread(store.save, strategy, assignments, proposal.warnings, self._clock())
+            config = self._in_catalog_order(stored) or stored
         changes = diff(saved.assignments if saved else (), assignments)
         log.info("saved GPU configuration revision %d (%s, %d change(s), %d warning(s))",
                  config.revision, strategy, len(changes), len(proposal.warnings))

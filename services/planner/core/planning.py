@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from services.planner.core.framework import Strategy
-from services.planner.core.ledger import Ledger, tenant_for
+from services.planner.core.ledger import Ledger, Tenant, tenant_for
 from services.planner.core.model import (
     Assignment,
     GpuKey,
@@ -163,7 +163,7 @@ def _service_warnings(problem: Problem, ledger: Ledger, spec: ServiceSpec, a: As
                 out.append(f"{spec.name} budget of {fmt_gb(a.override_mb)} is below its minimum "
                            f"({fmt_gb(spec.min_vram_mb)}); some of its models will not load.")
         elif a.budget_mb is not None:
-            others = [t for t in ledger.tenants(smallest.key) if t.service != spec.name]
+            others = [t for t in _catalog_order(problem, ledger.tenants(smallest.key)) if t.service != spec.name]
             beside = f", which it shares with {', '.join(f'{t.service} ({fmt_gb(t.share_mb)})' for t in others)}"
             at_min = spec.min_vram_mb is not None and a.budget_mb <= spec.min_vram_mb
             floor = " (its minimum)" if at_min else ""
@@ -177,6 +177,12 @@ def _service_warnings(problem: Problem, ledger: Ledger, spec: ServiceSpec, a: As
     return out
 
 
+def _catalog_order(problem: Problem, tenants: tuple[Tenant, ...]) -> list[Tenant]:
+    """Tenants in catalog order, so a sentence does not depend on the order services were placed in."""
+    position = {s.name: i for i, s in enumerate(problem.services)}
+    return sorted(tenants, key=lambda t: position.get(t.service, len(position)))
+
+
 def _load(problem: Problem, ledger: Ledger, key: GpuKey, name: str) -> GpuLoad:
     return GpuLoad(
         host=key.host,
@@ -184,7 +190,7 @@ def _load(problem: Problem, ledger: Ledger, key: GpuKey, name: str) -> GpuLoad:
         name=name,
         capacity_mb=ledger.capacity(key),
         planned_mb=ledger.planned(key),
-        services=tuple(t.service for t in ledger.tenants(key)),
+        services=tuple(t.service for t in _catalog_order(problem, ledger.tenants(key))),
     )
 
 
@@ -203,7 +209,7 @@ def _overcommit_warnings(
         if len(load.services) == 1 and not specs[load.services[0]].budget_adjustable:
             continue  # "<model> requires ~X, GPU n only has Y" already says it
         parts = []
-        for t in ledger.tenants(GpuKey(load.host, load.index)):
+        for t in _catalog_order(problem, ledger.tenants(GpuKey(load.host, load.index))):
             spec = specs[t.service]
             size = budgets.get(t.service) if spec.budget_adjustable and budgets.get(t.service) else None
             share = size // spec.gpu_count if size else t.share_mb
