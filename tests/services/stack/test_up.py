@@ -68,22 +68,21 @@ def wait_until(predicate, timeout_s: float, what: str, stack: Stack | None = Non
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what}\n{tail}")
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    root = tmp_path_factory.mktemp("stack")
-    http_port, nats_port = free_port(), free_port()
+def launch(root: Path, http_port: int, nats_port: int) -> Stack:
+    """Start `gpuplane up` from the repository as a user would, with its state under ``root``."""
     env = {
         **os.environ,
         "GPUPLANE_HTTP_PORT": str(http_port),
         "GPUPLANE_NATS_PORT": str(nats_port),
         "GPUPLANE_DATA_DIR": str(root / "data"),
+        "GPUPLANE_CONFIG_DIR": str(root / "config"),
         "GPUPLANE_METRICS_BASE_PORT": "0",
         "PYTHONUNBUFFERED": "1",
     }
     # No GPUPLANE_FLEET: like `make up` on a machine without GPUs, it must fall back to the
     # reference fleet on its own and say so.
     env.pop("GPUPLANE_FLEET", None)
-    log = root / "up.log"
+    log = root / f"up-{time.monotonic_ns()}.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "services.cli", "up"], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT
@@ -91,11 +90,22 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     s = Stack(proc, root / "data", http_port, nats_port, log)
     try:
         wait_until(lambda: s.state().get("ready") is True, 120, "the stack to be ready", s)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    return s
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    s = launch(tmp_path_factory.mktemp("stack"), free_port(), free_port())
+    try:
         yield s
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
+        if s.process.poll() is None:
+            s.process.send_signal(signal.SIGKILL)
+            s.process.wait()
 
 
 async def first_inventory(nats_url: str, timeout_s: float) -> tuple[str, dict[str, object], float]:
@@ -194,6 +204,29 @@ def test_services_reconnect_when_nats_server_comes_back(stack: Stack) -> None:
         assert after[service] == before[service], f"{service} was restarted instead of reconnecting"
 
 
+ISSUE_PUT = {
+    "strategy": "manual",
+    "assignments": [
+        {"service": "ai-llm", "gpu_index": 0},
+        {"service": "ai-yolo26", "gpu_index": 0},
+        {"service": "ai-enrichment", "gpu_index": 1, "vram_budget_override": 3.5},
+    ],
+}
+
+
+def test_saving_a_configuration_writes_database_and_yaml(stack: Stack) -> None:
+    for strategy in ("manual", "vram_based", "latency_optimized", "isolation_first", "balanced"):
+        preview = httpx.get(f"{stack.api}/api/system/gpu-config/preview", params={"strategy": strategy}, timeout=10)
+        assert preview.status_code == 200, preview.text
+        assert all(a["gpu_indices"] for a in preview.json()["assignments"]), (strategy, preview.json())
+    r = httpx.put(f"{stack.api}/api/system/gpu-config", json=ISSUE_PUT, timeout=10)
+    assert r.status_code == 200, r.text
+    assert any("3.5 GB" in w and "ai-enrichment budget (6.8 GB)" in w for w in r.json()["warnings"])
+    mirror = stack.data_dir.parent / "config" / "gpu-assignments.yml"
+    text = mirror.read_text()
+    assert "do not edit" in text and "revision: 1" in text and "vram_budget: 3.5" in text
+
+
 def test_sigint_stops_everything_and_leaves_no_process(stack: Stack) -> None:
     pids = list(stack.pids().values())
     assert len(pids) == 7
@@ -203,3 +236,18 @@ def test_sigint_stops_everything_and_leaves_no_process(stack: Stack) -> None:
     assert pids_alive(pids) == []
     assert "gpuplane stopped; no process left behind." in stack.output()
     assert not (stack.data_dir / "stack.json").exists()
+
+
+def test_saved_configuration_survives_a_restart_of_the_whole_stack(stack: Stack) -> None:
+    # After the SIGINT test above: the same data folder, a new `up`.
+    again = launch(stack.data_dir.parent, stack.http_port, stack.nats_port)
+    try:
+        r = httpx.get(f"{again.api}/api/system/gpu-config", timeout=10)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["saved"] is True and body["strategy"] == "manual" and body["revision"] == 1
+        budgets = {a["service"]: a["vram_budget_gb"] for a in body["assignments"]}
+        assert budgets["ai-enrichment"] == 3.5
+    finally:
+        again.process.send_signal(signal.SIGINT)
+        assert again.process.wait(60) == 0
