@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 
 from services.detector.core import precision_support
+from services.planner.catalog import load_catalog
+from services.planner.core.model import GpuSlot, Pin, Precision, Problem, Role, ServiceSpec, mb
 from shared.contracts import Gpu, Inventory, InventoryChange, InventorySource
 
 FIXED_TIME = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -83,4 +87,105 @@ def make_inventory(
         changes=changes,
         problems=problems,
         fleet_file=fleet_file,
+    )
+
+
+# --- Planner ---------------------------------------------------------------------------------
+
+REFERENCE_CATALOG_FILE = Path(__file__).resolve().parents[1] / "config" / "services.yml"
+
+
+def make_service(
+    name: str = "svc",
+    vram_gb: float = 1.0,
+    *,
+    adjustable: bool = False,
+    min_gb: float | None = None,
+    critical: bool = False,
+    role: Role = Role.OTHER,
+    gpus: int = 1,
+    precision: Precision | None = None,
+    short_name: str | None = None,
+    model: str | None = None,
+) -> ServiceSpec:
+    """A catalog entry of ``vram_gb`` (1 GB = 1024 MiB); the model defaults to ``<name>-model``."""
+    return ServiceSpec(
+        name=name,
+        model=model if model is not None else f"{name}-model",
+        vram_mb=mb(vram_gb),
+        budget_adjustable=adjustable,
+        min_vram_mb=mb(min_gb) if min_gb is not None else None,
+        critical_path=critical,
+        role=role,
+        gpu_count=gpus,
+        precision=precision,
+        short_name=short_name,
+    )
+
+
+def make_slot(
+    index: int = 0,
+    *,
+    host: str = "box-a",
+    vram_gb: float = 24.0,
+    capacity_mb: int | None = None,
+    speed: float = 34.1,
+    nvlink: tuple[int, ...] = (),
+    healthy: bool = True,
+    health_reason: str | None = None,
+    bf16: bool = True,
+    name: str = "NVIDIA RTX A5500",
+) -> GpuSlot:
+    """A GPU as the planner sees it; ``capacity_mb`` wins over ``vram_gb`` when given."""
+    return GpuSlot(
+        host=host,
+        index=index,
+        uuid=f"GPU-{host}-{index}",
+        name=name,
+        capacity_mb=capacity_mb if capacity_mb is not None else mb(vram_gb),
+        speed=speed,
+        speed_basis="test",
+        nvlink_peers=frozenset(nvlink),
+        supports_bf16=bf16,
+        compute_capability="8.6" if bf16 else "7.5",
+        healthy=healthy,
+        health_reason=health_reason,
+    )
+
+
+def reference_catalog() -> tuple[ServiceSpec, ...]:
+    """The shipped default catalog (config/services.yml), so tests follow that file."""
+    return load_catalog(REFERENCE_CATALOG_FILE)[0]
+
+
+def make_problem(
+    gpus: Sequence[GpuSlot] = (),
+    services: Sequence[ServiceSpec] = (),
+    *,
+    pins: Sequence[Pin] = (),
+    headroom_mb: int = 512,
+) -> Problem:
+    """A planner snapshot straight from slots and specs (no inventory in between)."""
+    return Problem(gpus=tuple(gpus), services=tuple(services), pins=tuple(pins), headroom_mb=headroom_mb)
+
+
+def make_reference_gpus() -> tuple[Gpu, Gpu]:
+    """deploy/fleets/reference.yaml: RTX A5500 (24564 MiB, 80 SMs) and RTX A400 (4094 MiB, 6 SMs)."""
+    return (
+        make_gpu(0, vram_total_mb=24564, sm_count=80, max_sm_clock_mhz=1665),
+        make_gpu(1, name="NVIDIA RTX A400", vram_total_mb=4094, sm_count=6, max_sm_clock_mhz=1762),
+    )
+
+
+def make_rtx3090(index: int = 0, *, nvlink_peers: tuple[int, ...] = (), healthy: bool = True) -> Gpu:
+    """An RTX 3090 like deploy/fleets/dual-3090-nvlink.yaml (24576 MiB, 82 SMs at 1695 MHz)."""
+    return make_gpu(
+        index,
+        name="NVIDIA GeForce RTX 3090",
+        vram_total_mb=24576,
+        sm_count=82,
+        max_sm_clock_mhz=1695,
+        nvlink_peers=nvlink_peers,
+        healthy=healthy,
+        health_reason=None if healthy else "NVML: GPU is lost",
     )

@@ -13,7 +13,7 @@ labels carrying the same keys as ``services.yml``::
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -69,25 +69,29 @@ def parse_catalog(data: object, source: str) -> tuple[ServiceSpec, ...]:
         raise ConfigError(f"{source}: expected a mapping with a 'services' mapping at the top")
     specs = []
     for name, raw in data["services"].items():
-        specs.append(_entry(raw, f"{source}: services.{name}").spec(str(name)))
+        specs.append(_entry(raw, str(name), lambda _: source).spec(str(name)))
     if not specs:
         raise ConfigError(f"{source}: 'services' is empty; list at least one GPU service")
     return tuple(specs)
 
 
-def _entry(raw: object, where: str) -> CatalogEntry:
+def _entry(raw: object, name: str, source_of: Callable[[str | None], str]) -> CatalogEntry:
+    """Validate one service's entry; each problem names the file that set the key at fault."""
     try:
         return CatalogEntry.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'entry'}: {e['msg']}" for e in exc.errors()
-        )
-        raise ConfigError(f"{where}: {problems}") from None
+        problems = []
+        for e in exc.errors():
+            key = str(e["loc"][0]) if e["loc"] else None
+            field = ".".join(str(p) for p in e["loc"]) or "entry"
+            problems.append(f"{source_of(key)}: services.{name}: {field}: {e['msg']}")
+        raise ConfigError("; ".join(problems)) from None
 
 
 def catalog_from_compose(documents: Sequence[tuple[str, object]]) -> tuple[ServiceSpec, ...]:
     """Services annotated in compose files (later files override earlier ones, as compose merges)."""
     merged: dict[str, dict[str, Any]] = {}
+    origin: dict[str, dict[str, str]] = {}
     for source, doc in documents:
         services = doc.get("services") if isinstance(doc, Mapping) else None
         if not isinstance(services, Mapping):
@@ -101,11 +105,13 @@ def catalog_from_compose(documents: Sequence[tuple[str, object]]) -> tuple[Servi
             found = {**_labels(body.get("labels")), **extension}
             if found:
                 merged.setdefault(str(name), {}).update(found)
-                merged[str(name)]["__source"] = source
-    return tuple(
-        _entry({k: v for k, v in raw.items() if k != "__source"}, f"{raw['__source']}: services.{name}").spec(name)
-        for name, raw in merged.items()
-    )
+                origin.setdefault(str(name), {}).update({str(k): source for k in found})
+
+    def source_of(name: str) -> Callable[[str | None], str]:
+        files = origin[name]
+        return lambda key: files.get(key or "") or " + ".join(dict.fromkeys(files.values()))
+
+    return tuple(_entry(raw, name, source_of(name)).spec(name) for name, raw in merged.items())
 
 
 def _labels(labels: object) -> dict[str, Any]:

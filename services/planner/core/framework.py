@@ -107,6 +107,12 @@ def _groups(gpus: list[GpuSlot], k: int) -> list[list[GpuSlot]]:
     return groups
 
 
+def tenant_of(problem: Problem, spec: ServiceSpec) -> Tenant:
+    """``spec``'s share of each GPU, with the budget the user set for it, if any."""
+    pin = problem.pin(spec.name)
+    return tenant_for(spec, pin.budget_mb if pin is not None else None)
+
+
 def unplaceable_reason(problem: Problem, spec: ServiceSpec) -> str:
     healthy = [g for g in problem.gpus if g.healthy]
     if not problem.gpus:
@@ -141,7 +147,7 @@ def greedy(
         if not options:
             placements.append(Placement(spec.name, (), reason=unplaceable_reason(problem, spec)))
             continue
-        tenant = tenant_for(spec)
+        tenant = tenant_of(problem, spec)
 
         def key(c: Candidate, spec: ServiceSpec = spec, tenant: Tenant = tenant) -> tuple[float, ...]:
             fits = all(ledger.fits(k, tenant) for k in c.keys)

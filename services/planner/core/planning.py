@@ -30,7 +30,7 @@ def make_plan(problem: Problem, strategy: Strategy) -> Plan:
         pin = problem.pin(spec.name)
         if pin is None or pin.gpus is None:
             continue
-        keys = tuple(GpuKey(pin.host or "", i) for i in pin.gpus)
+        keys = tuple(GpuKey(pin.host or _only_host(problem), i) for i in pin.gpus)
         known = tuple(k for k in keys if k in ledger)
         ledger.add(known, tenant_for(spec, pin.budget_mb))
         placements[spec.name] = Placement(spec.name, keys, pinned=True)
@@ -67,6 +67,11 @@ def make_plan(problem: Problem, strategy: Strategy) -> Plan:
         message=NO_GPUS if not problem.gpus else None,
         unplaced=tuple(a.service for a in assignments if a.enabled and not a.gpus),
     )
+
+
+def _only_host(problem: Problem) -> str:
+    """The host a pin without one means: the only host there is (none: no GPUs at all)."""
+    return problem.hosts[0] if len(problem.hosts) == 1 else ""
 
 
 def _assignment(

@@ -23,8 +23,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import ClassVar
 
-from services.planner.core.framework import Candidate, Decision, by_size, candidates, greedy
-from services.planner.core.ledger import Ledger, Tenant, tenant_for
+from services.planner.core.framework import Candidate, Decision, by_size, candidates, greedy, tenant_of
+from services.planner.core.ledger import Ledger, Tenant
 from services.planner.core.model import GpuKey, Placement, Problem, ServiceSpec
 
 IMPROVEMENT_EPS = 1e-6
@@ -37,7 +37,7 @@ class Balanced:
 
     def place(self, problem: Problem, ledger: Ledger, pending: Sequence[ServiceSpec]) -> Decision:
         def least_increase(spec: ServiceSpec, c: Candidate, ledger: Ledger) -> tuple[float, ...]:
-            t = tenant_for(spec)
+            t = tenant_of(problem, spec)
             return (-sum(ledger.cost_with(k, t) - ledger.cost(k) for k in c.keys),)
 
         placements = greedy(problem, ledger, by_size(pending), least_increase)
@@ -55,7 +55,7 @@ def improve(
         keys = where.get(spec.name, ())
         if spec.gpu_count == 1 and len(keys) == 1:
             options = [c.keys[0] for c in candidates(problem, spec)]
-            movable[spec.name] = (tenant_for(spec), options)
+            movable[spec.name] = (tenant_of(problem, spec), options)
     on: dict[str, GpuKey] = {name: where[name][0] for name in movable}
 
     def delta_move(t: Tenant, src: GpuKey, dst: GpuKey) -> float:

@@ -21,7 +21,9 @@ class Manual:
 
     def place(self, problem: Problem, ledger: Ledger, pending: Sequence[ServiceSpec]) -> Decision:
         decision = VramBased().place(problem, ledger, pending)
-        if not pending:
+        placed_now = {p.service for p in decision.placements if p.gpus}
+        placed = [s.name for s in pending if s.name in placed_now]
+        if not placed:
             return decision
-        names = ", ".join(s.name for s in pending)
-        return Decision(decision.placements, (f"No GPU chosen for {names}: placed automatically (vram_based).",))
+        note = f"No GPU chosen for {', '.join(placed)}: placed automatically (vram_based)."
+        return Decision(decision.placements, (note,))
