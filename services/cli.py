@@ -191,17 +191,19 @@ def format_plan(preview: PlanPreview, title: str) -> str:
         else:
             host = f"{a.host}:" if multi_host else ""
             ids = ",".join(f"{host}{i}" for i in a.gpu_indices)
-            gpu = f"{ids} ({names.get((a.host or '', a.gpu_indices[0]), '?')})"
+            models = list(dict.fromkeys(names.get((a.host or "", i), "?") for i in a.gpu_indices))
+            count = f" x{len(a.gpu_indices)}" if len(models) == 1 and len(a.gpu_indices) > 1 else ""
+            gpu = f"{ids} ({', '.join(models)}{count})"
         budget = f"{a.vram_budget_gb:g} GB" if a.vram_budget_gb is not None else "-"
         est = f"{a.vram_estimate_gb:g} GB"
-        out.append(f"  {a.service:<16} {a.model[:30]:<30} {est:>9}  {gpu[:34]:<34} {budget:>7}  {a.placed_by}")
+        out.append(f"  {a.service:<16} {a.model[:30]:<30} {est:>9}  {gpu:<34} {budget:>7}  {a.placed_by}")
     if preview.gpus:
         out += ["", f"  {'GPU':<10} {'Name':<28} {'Planned / Capacity':>20}  Services"]
         for g in preview.gpus:
             gpu = f"{g.host}:{g.index}" if multi_host else str(g.index)
             pct = 100 * g.planned_gb / g.capacity_gb if g.capacity_gb else 0
             over = "  OVER" if g.overcommitted else ""
-            load = f"{g.planned_gb:.1f} / {g.capacity_gb:.1f} GB {pct:3.0f}%"
+            load = f"{g.planned_gb:.2f} / {g.capacity_gb:.2f} GB {pct:3.0f}%"
             out.append(f"  {gpu:<10} {g.name[:28]:<28} {load:>20}  {', '.join(g.services) or '-'}{over}")
     if preview.warnings:
         out += ["", "Warnings:", *(f"  - {w}" for w in preview.warnings)]

@@ -49,6 +49,7 @@ def setup_logging(service: str, level: str = "INFO", as_json: bool = False) -> N
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
     # One INFO line per request would bury `up`'s own messages while it polls /healthz.
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 def setup_tracing(service: str, otlp_endpoint: str | None) -> None:

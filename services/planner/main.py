@@ -56,8 +56,7 @@ async def _open_store(planner: Planner, settings: PlannerSettings, engine: Engin
     while True:
         try:
             await asyncio.to_thread(store.migrate)
-            if await asyncio.to_thread(store.sync_mirror):
-                log.warning("%s did not match the database; rewritten from it", settings.mirror_path)
+            await asyncio.to_thread(store.sync_mirror)
             break
         except DatabaseUnavailable as exc:
             planner.store_problem = str(exc)

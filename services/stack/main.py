@@ -83,6 +83,7 @@ def choose_fleet(settings: StackSettings) -> FleetChoice:
 @dataclass(frozen=True)
 class CatalogChoice:
     catalog_file: Path
+    compose_files: tuple[Path, ...]
     source: str
     services: tuple[str, ...]
     mirror: Path
@@ -95,8 +96,10 @@ def check_catalog() -> CatalogChoice:
 
     planner = PlannerSettings()
     catalog_file = _project_file(planner.catalog_file)
-    specs, source = load_catalog(catalog_file, tuple(_project_file(p) for p in planner.compose_paths()))
-    return CatalogChoice(catalog_file, source, tuple(s.name for s in specs), planner.mirror_path.resolve())
+    compose_files = tuple(_project_file(p) for p in planner.compose_paths())
+    specs, source = load_catalog(catalog_file, compose_files)
+    names = tuple(s.name for s in specs)
+    return CatalogChoice(catalog_file, compose_files, source, names, planner.mirror_path.resolve())
 
 
 def _project_file(path: Path) -> Path:
@@ -217,6 +220,8 @@ def _service_specs(
                 env["GPUPLANE_FLEET"] = str(fleet.fleet)
         if name is ServiceName.PLANNER:
             env["GPUPLANE_CATALOG_FILE"] = str(catalog.catalog_file)
+            if catalog.compose_files:
+                env["GPUPLANE_COMPOSE_FILES"] = ",".join(str(p) for p in catalog.compose_files)
         if name is ServiceName.API:
             env["GPUPLANE_HTTP_PORT"] = str(settings.http_port)
             env["GPUPLANE_HTTP_HOST"] = settings.http_host

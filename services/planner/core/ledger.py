@@ -138,14 +138,38 @@ class Ledger:
     def cost_with(self, key: GpuKey, tenant: Tenant, sign: int = 1) -> float:
         """:meth:`cost` if ``tenant`` were added (``sign`` 1) or removed (-1)."""
         s = self._gpus[key]
-        fixed, desired, minimum, adjustable = s.fixed, s.desired, s.minimum, s.adjustable
         if tenant.adjustable:
-            desired += sign * tenant.share_mb
-            minimum += sign * tenant.min_mb
-            adjustable += sign
-        else:
-            fixed += sign * tenant.share_mb
+            return _cost(s.capacity, s.fixed, s.desired + sign * tenant.share_mb, s.minimum + sign * tenant.min_mb,
+                         s.adjustable + sign, self.headroom_mb)
+        return _cost(s.capacity, s.fixed + sign * tenant.share_mb, s.desired, s.minimum, s.adjustable,
+                     self.headroom_mb)
+
+    def cost_after(self, key: GpuKey, add: Iterable[Tenant] = (), remove: Iterable[Tenant] = ()) -> float:
+        """:meth:`cost` if ``add`` joined and ``remove`` left the GPU (nothing is changed)."""
+        s = self._gpus[key]
+        fixed, desired, minimum, adjustable = s.fixed, s.desired, s.minimum, s.adjustable
+        for sign, tenants in ((1, add), (-1, remove)):
+            for t in tenants:
+                if t.adjustable:
+                    desired += sign * t.share_mb
+                    minimum += sign * t.min_mb
+                    adjustable += sign
+                else:
+                    fixed += sign * t.share_mb
         return _cost(s.capacity, fixed, desired, minimum, adjustable, self.headroom_mb)
+
+    def total_cost(self) -> float:
+        return sum(self.cost(k) for k in self._gpus)
+
+    def copy(self) -> Ledger:
+        twin = Ledger((), self.headroom_mb)
+        for key, state in self._gpus.items():
+            clone = _GpuState(state.capacity)
+            for t in state.tenants:
+                clone.add(t)
+                clone.tenants.append(t)
+            twin._gpus[key] = clone
+        return twin
 
     def budgets(self, key: GpuKey) -> dict[str, int]:
         """Settled per-GPU size of every adjustable tenant (only those that had to shrink)."""

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import cached_property
+from typing import NamedTuple
 
 MIB_PER_GB = 1024
 
@@ -42,12 +44,11 @@ class Precision(StrEnum):
     BF16 = "bf16"
 
 
-@dataclass(frozen=True, order=True)
-class GpuKey:
-    """A GPU is named by its host and its index there."""
+class GpuKey(NamedTuple):
+    """A GPU is named by its host and its index there (a tuple: hashed and compared in C, in hot loops)."""
 
     host: str
-    index: int
+    index: int  # type: ignore[assignment]  # shadows tuple.index on purpose: "GPU index" is the domain's word
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,7 @@ class GpuSlot:
     healthy: bool = True
     health_reason: str | None = None
 
-    @property
+    @cached_property
     def key(self) -> GpuKey:
         return GpuKey(self.host, self.index)
 

@@ -7,28 +7,37 @@ VRAM use, and on mismatched GPUs it fills each in proportion to its size. VRAM t
 even with adjustable budgets at their minimum costs far more than any imbalance.
 
 Algorithm (deterministic):
-1. Greedy in decreasing size (LPT): each service onto the GPU where it raises the objective
-   least, among those where it fits.
-2. Local search until no step improves: move one service to another GPU; swap two services
-   between the most and least utilized GPUs and any other. Multi-GPU and pinned services stay
-   where step 1 or the user put them.
+1. Two starting plans: greedy in decreasing size (LPT), each service onto the GPU where it
+   raises the objective least; and the ``vram_based`` plan.
+2. Local search on each until no step improves: move one service; swap two services between
+   two GPUs; exchange two services on one GPU for one (or none) on another. With many
+   services (over ``FULL_SEARCH_SERVICES``), swaps and exchanges only involve the most and the
+   least utilized GPU, which keeps 500 services on 64 GPUs well under a second.
+3. The better of the two results. Multi-GPU and pinned services stay where step 1 or the user
+   put them.
 
-This is the classic LPT-plus-local-search heuristic; the problem is NP-hard (it contains
-partition), so it carries no exact guarantee. ``bench/planner`` measures it against an exact
-branch-and-bound on the sizes where that finishes: see docs/benchmarks.md.
+The problem is NP-hard (it contains partition), so this carries no exact guarantee.
+``bench/planner`` measures it against an exact branch-and-bound on the sizes where that
+finishes: see docs/benchmarks.md.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from itertools import combinations
 from typing import ClassVar
 
-from services.planner.core.framework import Candidate, Decision, by_size, candidates, greedy, tenant_of
+from services.planner.core.framework import Candidate, Decision, by_size, candidates, greedy, most_free, tenant_of
 from services.planner.core.ledger import Ledger, Tenant
 from services.planner.core.model import GpuKey, Placement, Problem, ServiceSpec
 
-IMPROVEMENT_EPS = 1e-6
-MAX_ROUNDS = 200
+IMPROVEMENT_EPS = 1.0
+"""The objective is in MiB-like units; a step worth less than about one MiB of VRAM is not taken."""
+MAX_ROUNDS = 100
+LARGE_ROUNDS = 3
+"""With many services each GPU holds many small ones, greedy is already within a fraction of a percent
+of the balance optimum, and a few rounds of swaps polish it; more rounds cost seconds for crumbs."""
+FULL_SEARCH_SERVICES = 80
 
 
 class Balanced:
@@ -36,88 +45,147 @@ class Balanced:
     DESCRIPTION: ClassVar[str] = "Spread VRAM so every GPU is used in proportion to its size (minimum variance)."
 
     def place(self, problem: Problem, ledger: Ledger, pending: Sequence[ServiceSpec]) -> Decision:
+        tenants = {s.name: tenant_of(problem, s) for s in pending}
+
         def least_increase(spec: ServiceSpec, c: Candidate, ledger: Ledger) -> tuple[float, ...]:
-            t = tenant_of(problem, spec)
+            t = tenants[spec.name]
             return (-sum(ledger.cost_with(k, t) - ledger.cost(k) for k in c.keys),)
 
-        placements = greedy(problem, ledger, by_size(pending), least_increase)
-        where = improve(problem, ledger, pending, {p.service: p.gpus for p in placements})
-        return Decision(tuple(Placement(p.service, where.get(p.service, p.gpus), reason=p.reason)
-                              for p in placements))
+        best: tuple[float, list[Placement]] | None = None
+        # The vram_based start rescues small instances where LPT's first choices trap the local search.
+        starts = (least_increase, most_free) if len(pending) <= FULL_SEARCH_SERVICES else (least_increase,)
+        for score in starts:
+            trial = ledger.copy()
+            placements = greedy(problem, trial, by_size(pending), score)
+            where = LocalSearch(problem, trial, pending, placements).run()
+            result = [Placement(p.service, where.get(p.service, p.gpus), reason=p.reason) for p in placements]
+            cost = trial.total_cost()
+            if best is None or cost < best[0] - IMPROVEMENT_EPS:
+                best = (cost, result)
+        assert best is not None
+        for p in best[1]:
+            if p.gpus:
+                ledger.add(p.gpus, tenants[p.service])
+        return Decision(tuple(best[1]))
 
 
-def improve(
-    problem: Problem, ledger: Ledger, pending: Sequence[ServiceSpec], where: dict[str, tuple[GpuKey, ...]]
-) -> dict[str, tuple[GpuKey, ...]]:
-    """Local search over single-GPU services: improving moves, then swaps, until neither helps."""
-    movable: dict[str, tuple[Tenant, list[GpuKey]]] = {}
-    for spec in pending:
-        keys = where.get(spec.name, ())
-        if spec.gpu_count == 1 and len(keys) == 1:
-            options = [c.keys[0] for c in candidates(problem, spec)]
-            movable[spec.name] = (tenant_of(problem, spec), options)
-    on: dict[str, GpuKey] = {name: where[name][0] for name in movable}
+class LocalSearch:
+    """Improving moves, swaps and two-for-one exchanges of single-GPU services, to a local optimum."""
 
-    def delta_move(t: Tenant, src: GpuKey, dst: GpuKey) -> float:
-        return (ledger.cost_with(src, t, -1) - ledger.cost(src)) + (ledger.cost_with(dst, t) - ledger.cost(dst))
+    def __init__(
+        self, problem: Problem, ledger: Ledger, pending: Sequence[ServiceSpec], placements: Sequence[Placement]
+    ) -> None:
+        self.ledger = ledger
+        self.tenant: dict[str, Tenant] = {}
+        self.options: dict[str, frozenset[GpuKey]] = {}
+        self.on: dict[str, GpuKey] = {}
+        self.members: dict[GpuKey, list[str]] = {g.key: [] for g in problem.gpus}
+        placed = {p.service: p.gpus for p in placements}
+        for spec in pending:
+            keys = placed.get(spec.name, ())
+            if spec.gpu_count == 1 and len(keys) == 1:
+                self.tenant[spec.name] = tenant_of(problem, spec)
+                self.options[spec.name] = frozenset(c.keys[0] for c in candidates(problem, spec))
+                self.on[spec.name] = keys[0]
+                self.members[keys[0]].append(spec.name)
+        self.full = len(self.on) <= FULL_SEARCH_SERVICES
+        self.cost = {k: ledger.cost(k) for k in self.members}
+        # GPUs changed since their moves were last checked: only moves touching them can have turned
+        # into improvements, which keeps each pass after the first cheap.
+        self.dirty: set[GpuKey] = set(self.members)
 
-    def move(name: str, dst: GpuKey) -> None:
-        t = ledger.remove((on[name],), name)
-        ledger.add((dst,), t)
-        on[name] = dst
+    def run(self) -> dict[str, tuple[GpuKey, ...]]:
+        for _ in range(MAX_ROUNDS if self.full else LARGE_ROUNDS):
+            moved = False
+            while self._moves():
+                moved = True
+            if not (self._swaps() or self._exchanges() or moved):
+                break
+        return {name: (key,) for name, key in self.on.items()}
 
-    for _ in range(MAX_ROUNDS):
+    def _relocate(self, name: str, dst: GpuKey) -> None:
+        src = self.on[name]
+        self.ledger.remove((src,), name)
+        self.ledger.add((dst,), self.tenant[name])
+        self.members[src].remove(name)
+        self.members[dst].append(name)
+        self.on[name] = dst
+        for k in (src, dst):
+            self.cost[k] = self.ledger.cost(k)
+        self.dirty.update((src, dst))
+
+    def _moves(self) -> bool:
+        """One pass of best single moves, over the moves the last changes may have made worthwhile."""
+        dirty, self.dirty = self.dirty, set()
+        if not dirty:
+            return False
         improved = False
-        for name, (t, options) in movable.items():
-            src = on[name]
-            best, gain = None, -IMPROVEMENT_EPS
-            for dst in options:
-                if dst != src:
-                    d = delta_move(t, src, dst)
-                    if d < gain:
-                        best, gain = dst, d
-            if best is not None:
-                move(name, best)
-                improved = True
-        if _swap_round(ledger, movable, on, move):
-            improved = True
-        if not improved:
-            break
-    return {**where, **{name: (key,) for name, key in on.items()}}
-
-
-def _swap_round(ledger: Ledger, movable: dict[str, tuple[Tenant, list[GpuKey]]], on: dict[str, GpuKey],
-                move: object) -> bool:
-    """One improving swap between the fullest or emptiest GPU and any other, if there is one."""
-    by_gpu: dict[GpuKey, list[str]] = {}
-    for name, key in on.items():
-        by_gpu.setdefault(key, []).append(name)
-    if len(by_gpu) < 2:
-        return False
-    ratio = {k: ledger.demand(k) / ledger.capacity(k) for k in by_gpu}
-    extremes = {max(ratio, key=lambda k: ratio[k]), min(ratio, key=lambda k: ratio[k])}
-    for a in extremes:
-        for b in by_gpu:
-            if a == b:
+        ledger, cost = self.ledger, self.cost
+        for name, t in self.tenant.items():
+            src = self.on[name]
+            targets = self.options[name] if src in dirty else self.options[name] & dirty
+            if not targets:
                 continue
-            for x in by_gpu[a]:
-                tx, ox = movable[x]
-                if b not in ox:
+            leave = ledger.cost_with(src, t, -1) - cost[src]
+            best, gain = None, -IMPROVEMENT_EPS
+            for dst in targets:
+                if dst != src:
+                    delta = leave + ledger.cost_with(dst, t) - cost[dst]
+                    if delta < gain:
+                        best, gain = dst, delta
+            if best is not None:
+                self._relocate(name, best)
+                improved = True
+        return improved
+
+    def _pairs(self) -> Iterator[tuple[GpuKey, GpuKey]]:
+        """GPU pairs to try swaps on: all of them for small problems, else those with an extreme GPU."""
+        used = [k for k in self.members if self.members[k] or self.full]
+        if self.full:
+            yield from ((a, b) for a in used for b in used if a != b)
+            return
+        ratio = {k: self.ledger.demand(k) / self.ledger.capacity(k) for k in used}
+        extremes = {max(ratio, key=ratio.__getitem__), min(ratio, key=ratio.__getitem__)}
+        for a in extremes:
+            for b in used:
+                if a != b:
+                    yield a, b
+                    yield b, a
+
+    def _gain(self, a: GpuKey, b: GpuKey, out_a: Sequence[str], out_b: Sequence[str]) -> float:
+        """Cost change if ``out_a`` moved from ``a`` to ``b`` and ``out_b`` from ``b`` to ``a``."""
+        ta = [self.tenant[n] for n in out_a]
+        tb = [self.tenant[n] for n in out_b]
+        ledger = self.ledger
+        return (ledger.cost_after(a, tb, ta) + ledger.cost_after(b, ta, tb)) - self.cost[a] - self.cost[b]
+
+    def _allowed(self, names: Sequence[str], dst: GpuKey) -> bool:
+        return all(dst in self.options[n] for n in names)
+
+    def _swaps(self) -> bool:
+        """Every improving one-for-one swap a scan over the GPU pairs finds."""
+        return self._exchange_scan(lambda a, b: (((x,), (y,)) for x in list(self.members[a])
+                                                 for y in list(self.members[b])))
+
+    def _exchanges(self) -> bool:
+        """Every improving two-for-one (or two-for-none) exchange a scan over the GPU pairs finds."""
+        return self._exchange_scan(lambda a, b: ((two, one) for two in combinations(list(self.members[a]), 2)
+                                                 for one in [(), *((y,) for y in list(self.members[b]))]))
+
+    def _exchange_scan(self, offers: Callable[[GpuKey, GpuKey], Iterable[tuple[tuple[str, ...], tuple[str, ...]]]]
+                       ) -> bool:
+        improved = False
+        for a, b in self._pairs():
+            for out_a, out_b in offers(a, b):
+                # An earlier exchange in this scan may have moved one of them already.
+                if any(self.on[n] != a for n in out_a) or any(self.on[n] != b for n in out_b):
                     continue
-                for y in by_gpu[b]:
-                    ty, oy = movable[y]
-                    if a not in oy or tx.share_mb == ty.share_mb:
-                        continue
-                    before = ledger.cost(a) + ledger.cost(b)
-                    ledger.remove((a,), x)
-                    ledger.remove((b,), y)
-                    ledger.add((a,), ty)
-                    ledger.add((b,), tx)
-                    if ledger.cost(a) + ledger.cost(b) < before - IMPROVEMENT_EPS:
-                        on[x], on[y] = b, a
-                        return True
-                    ledger.remove((a,), y)
-                    ledger.remove((b,), x)
-                    ledger.add((a,), tx)
-                    ledger.add((b,), ty)
-    return False
+                if not (self._allowed(out_a, b) and self._allowed(out_b, a)):
+                    continue
+                if self._gain(a, b, out_a, out_b) < -IMPROVEMENT_EPS:
+                    for n in out_a:
+                        self._relocate(n, b)
+                    for n in out_b:
+                        self._relocate(n, a)
+                    improved = True
+        return improved

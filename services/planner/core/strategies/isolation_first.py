@@ -62,6 +62,6 @@ class IsolationFirst:
             where = ", ".join(problem.gpu_label(k.host, k.index) for k in sorted(isolated)) or "its GPU"
             notes.append(
                 f"isolation_first needs a second GPU to isolate the LLM: {', '.join(s.name for s in llms)} "
-                f"shares {where} with {', '.join(s.name for s in others)}."
+                f"shares {where} with {', '.join(s.name for s in pending if s.role is not Role.LLM)}."
             )
         return Decision(tuple(placements), tuple(notes))

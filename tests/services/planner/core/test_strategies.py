@@ -505,20 +505,11 @@ def sized(*sizes_gb: float) -> tuple[ServiceSpec, ...]:
             (gib(12, 24),),
             sized(11, 8, 6, 4),
             id="12+24-needs-a-two-for-one-swap",
-            marks=pytest.mark.xfail(
-                reason="BUG: balanced ends at 11 | 18 GB (cost 23.6k) where vram_based finds 10 | 19 (23.4k); "
-                "its local search only moves one service or swaps one for one",
-                strict=True,
-            ),
         ),
         pytest.param(
             (gib(4, 16),),
             sized(2, 11, 3, 2),
             id="4+16-needs-a-two-for-one-swap",
-            marks=pytest.mark.xfail(
-                reason="BUG: balanced ends at 3 | 15 GB where vram_based finds 4 | 14 (lower sum of Ledger.cost)",
-                strict=True,
-            ),
         ),
     ],
 )
@@ -556,22 +547,12 @@ def test_balanced_beats_vram_based_where_greedy_is_uneven() -> None:
             24,
             sized(9, 6, 5, 4, 2, 2),
             id="2x24-needs-two-for-one",
-            marks=pytest.mark.xfail(
-                reason="BUG: balanced stops at 15 | 13 GB though 9+5 | 6+4+2+2 = 14 | 14 exists (local search has no "
-                "two-for-one exchange)",
-                strict=True,
-            ),
         ),
         pytest.param(
             3,
             24,
             sized(9, 8, 7, 6, 5, 4, 3, 2, 1),
             id="3x24-plateau",
-            marks=pytest.mark.xfail(
-                reason="BUG: balanced stops at 16 | 15 | 14 GB though 15 | 15 | 15 exists (only strictly improving "
-                "swaps, so it cannot cross an equal-cost swap)",
-                strict=True,
-            ),
         ),
     ],
 )
