@@ -18,6 +18,7 @@ from shared.bus.memory import MemoryBus
 from shared.contracts import Heartbeat, Inventory, InventorySource, RescanRequest, ServiceName, utc_now
 from shared.subjects import DETECTOR_RESCAN, heartbeat, inventory
 from tests.builders import make_gpu
+from tests.services.api.gateway import running_gateway
 
 
 @dataclass
@@ -42,19 +43,8 @@ def reference_inventory(host: str = "box", *, sequence: int = 1) -> Inventory:
 @pytest.fixture
 async def gateway() -> AsyncIterator[Gateway]:
     bus = MemoryBus("api-test")
-
-    async def factory(*_: object) -> MemoryBus:
-        return bus
-
-    app = create_app(ApiSettings(nats_url="nats://memory"), bus_factory=factory)
-    state: GatewayState = app.state.gateway
-    async with app.router.lifespan_context(app):
-        for _ in range(100):
-            if state.bus is not None:
-                break
-            await asyncio.sleep(0.01)
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as client:
-            yield Gateway(client, bus, state)
+    async with running_gateway(bus) as (app, client):
+        yield Gateway(client, bus, app.state.gateway)
 
 
 async def test_gpus_before_first_inventory_is_503_with_reason(gateway: Gateway) -> None:

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import pytest
 
-from services.api.app import create_app
-from services.api.settings import ApiSettings
 from services.planner.main import make_planner, make_start
 from services.planner.service import Planner
 from services.planner.settings import PlannerSettings
@@ -23,6 +19,7 @@ from shared.service import ServiceContext, attach
 from shared.subjects import CONFIG_CHANGED, inventory
 from tests.builders import make_gpu
 from tests.conftest import REPO
+from tests.services.api.gateway import running_gateway
 from tests.services.planner.fakes import FakeRepository
 
 ISSUE_PUT = {
@@ -69,19 +66,10 @@ async def stack() -> AsyncIterator[Stack]:
     ctx = ServiceContext(ServiceName.PLANNER, settings)
     await attach(bus, ctx, make_start(settings, planner))
 
-    async def factory(*_: object) -> MemoryBus:
-        return bus
-
-    app = create_app(ApiSettings(nats_url="nats://memory"), bus_factory=factory)
-    async with app.router.lifespan_context(app):
-        for _ in range(100):
-            if app.state.gateway.bus is not None:
-                break
-            await asyncio.sleep(0.01)
+    async with running_gateway(bus) as (_, client):
         await bus.publish(inventory("box"), reference_inventory())
         await bus.settle()
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as client:
-            yield Stack(client, bus, planner, repo, events)
+        yield Stack(client, bus, planner, repo, events)
     await ctx.shutdown()
 
 
@@ -234,18 +222,7 @@ async def test_without_store_saving_is_503_and_preview_still_works(stack: Stack)
     assert r.status_code == 200
 
 
-async def test_planner_down_is_503(tmp_path: Path) -> None:
-    bus = MemoryBus("lonely")
-
-    async def factory(*_: object) -> MemoryBus:
-        return bus
-
-    app = create_app(ApiSettings(nats_url="nats://memory"), bus_factory=factory)
-    async with app.router.lifespan_context(app):
-        for _ in range(100):
-            if app.state.gateway.bus is not None:
-                break
-            await asyncio.sleep(0.01)
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as client:
-            r = await client.get("/api/system/gpu-config")
+async def test_planner_down_is_503() -> None:
+    async with running_gateway(MemoryBus("lonely")) as (_, client):
+        r = await client.get("/api/system/gpu-config")
     assert r.status_code == 503 and "is that service running" in r.json()["detail"]
