@@ -1,0 +1,1 @@
+"""Benchmarks: speed and quality targets, measured against baselines of the same run (docs/benchmarks.md)."""
