@@ -27,7 +27,7 @@ test-integration: $(STAMP)
 	$(BIN)/pytest -m integration
 
 lint: $(STAMP)
-	$(BIN)/ruff check shared services tests
+	$(BIN)/ruff check shared services tests bench
 	$(BIN)/mypy
 
 clean:
