@@ -16,8 +16,8 @@ from typing import Protocol
 
 from services.planner.core.model import Pin, ServiceSpec
 from services.planner.core.planning import make_plan
-from services.planner.core.render import diff, preview, service_assignment
-from services.planner.core.snapshot import make_problem, pins_from_requests, pins_from_saved
+from services.planner.core.render import preview
+from services.planner.core.snapshot import make_problem, pins_from_requests, pins_from_saved, slots_from
 from services.planner.core.strategies import STRATEGIES, get_strategy
 from services.planner.core.strategies.manual import Manual
 from shared.contracts import (
@@ -95,20 +95,20 @@ class Planner:
             raise NotReady(f"the configuration store is not available: {self.store_problem}")
         return self.store
 
-    async def _saved(self) -> GpuConfig | None:
-        return self._in_catalog_order(await asyncio.to_thread(self._store().load))
+    async def _load(self, store: ConfigRepository) -> GpuConfig | None:
+        saved = await asyncio.to_thread(store.load)
+        return self._in_catalog_order(saved) if saved is not None else None
 
-    def _in_catalog_order(self, config: GpuConfig | None) -> GpuConfig | None:
-        if config is None:
-            return None
+    def _in_catalog_order(self, config: GpuConfig) -> GpuConfig:
         position = {s.name: i for i, s in enumerate(self.catalog)}
         ordered = sorted(config.assignments, key=lambda a: (position.get(a.service, len(position)), a.service))
         return config.model_copy(update={"assignments": tuple(ordered)})
 
-    def _plan_for(self, strategy_name: str, pins: Sequence[Pin]) -> tuple[tuple[ServiceAssignment, ...], PlanPreview]:
+    def _plan_for(self, strategy_name: str, pins: Sequence[Pin], saved: GpuConfig | None) -> PlanPreview:
+        """The plan as a preview, its changes counted from ``saved``."""
         problem = make_problem(self._inventories(), self.catalog, pins, self.headroom_gb)
         plan = make_plan(problem, get_strategy(strategy_name))
-        return tuple(service_assignment(a) for a in plan.assignments), preview(plan, ())
+        return preview(plan, saved.assignments if saved else ())
 
     def _pins_for(self, strategy: str, saved: GpuConfig | None) -> tuple[Pin, ...]:
         """A strategy on its own plans from scratch; ``manual`` keeps the saved assignments."""
@@ -118,20 +118,22 @@ class Planner:
         return ()
 
     async def preview(self, strategy: str | None) -> PlanPreview:
-        saved = await self._saved() if self.store is not None else None
+        saved = await self._load(self.store) if self.store is not None else None
+        return self._preview(strategy, saved)
+
+    def _preview(self, strategy: str | None, saved: GpuConfig | None) -> PlanPreview:
         name = get_strategy(strategy or (saved.strategy if saved else self.default_strategy)).NAME
-        assignments, proposal = self._plan_for(name, self._pins_for(name, saved))
-        return proposal.model_copy(update={"changes": diff(saved.assignments if saved else (), assignments)})
+        return self._plan_for(name, self._pins_for(name, saved), saved)
 
     async def config(self) -> ConfigReply:
-        saved = await self._saved()
+        saved = await self._load(self._store())
         if saved is None:
-            proposal = await self.preview(self.default_strategy)
+            proposal = self._preview(self.default_strategy, None)
             config = GpuConfig(
                 strategy=proposal.strategy, saved=False, assignments=proposal.assignments, warnings=proposal.warnings
             )
             return ConfigReply(config=config, strategies=self.strategies(), message=proposal.message)
-        current = await self.preview(Manual.NAME)
+        current = self._preview(Manual.NAME, saved)
         known = {a.service for a in saved.assignments}
         missing = [s.name for s in self.catalog if s.name not in known]
         extra = [w for w in current.warnings if w not in saved.warnings and not w.startswith("No GPU chosen for")]
@@ -145,17 +147,18 @@ class Planner:
         strategy = get_strategy(request.strategy).NAME
         store = self._store()
         async with self._save_lock:
-            saved = self._in_catalog_order(await asyncio.to_thread(store.load))
-            inventories = self._inventories()
+            saved = await self._load(store)
             if request.assignments:
-                gpus = make_problem(inventories, self.catalog).gpus
+                gpus = slots_from(self._inventories())
                 pins = pins_from_requests(request.assignments, self.catalog, gpus)
             else:
                 pins = self._pins_for(strategy, saved)
-            assignments, proposal = self._plan_for(strategy, pins)
-            stored = await asyncio.to_thread(store.save, strategy, assignments, proposal.warnings, self._clock())
-            config = self._in_catalog_order(stored) or stored
-        changes = diff(saved.assignments if saved else (), assignments)
+            proposal = self._plan_for(strategy, pins, saved)
+            stored = await asyncio.to_thread(
+                store.save, strategy, proposal.assignments, proposal.warnings, self._clock()
+            )
+            config = self._in_catalog_order(stored)
+        changes = proposal.changes
         log.info("saved GPU configuration revision %d (%s, %d change(s), %d warning(s))",
                  config.revision, strategy, len(changes), len(proposal.warnings))
         return SaveResult(ConfigSaved(warnings=proposal.warnings, config=config, changes=changes), config)
