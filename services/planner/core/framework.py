@@ -48,7 +48,8 @@ class Strategy(Protocol):
         ...
 
 
-def _supports(slot: GpuSlot, spec: ServiceSpec) -> bool:
+def supports(slot: GpuSlot, spec: ServiceSpec) -> bool:
+    """Can ``slot`` run ``spec`` at the precision it needs?"""
     if spec.precision is None:
         return True
     return slot.supports_bf16 if spec.precision.value == "bf16" else slot.supports_fp16
@@ -59,12 +60,12 @@ def candidates(
 ) -> list[Candidate]:
     """Every GPU group ``spec`` may use: healthy GPUs only, precision-capable ones when any exist."""
     pool = [g for g in problem.gpus if g.healthy and (allowed is None or allowed(g))]
-    capable = [g for g in pool if _supports(g, spec)]
+    capable = [g for g in pool if supports(g, spec)]
     if capable:
         pool = capable
     k = spec.gpu_count
     if k == 1:
-        return [Candidate((g.key,), True, True, _supports(g, spec)) for g in pool]
+        return [Candidate((g.key,), True, True, supports(g, spec)) for g in pool]
     found: dict[frozenset[GpuKey], Candidate] = {}
     for host in problem.hosts:
         on_host = [g for g in pool if g.host == host]
@@ -78,7 +79,7 @@ def candidates(
                     keys,
                     linked=all(b.index in a.nvlink_peers for a, b in combinations(group, 2)),
                     equal=len({g.capacity_mb for g in group}) == 1,
-                    precision_ok=all(_supports(g, spec) for g in group),
+                    precision_ok=all(supports(g, spec) for g in group),
                 ),
             )
     return list(found.values())

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from services.planner.core.framework import Strategy
+from services.planner.core.framework import Strategy, supports
 from services.planner.core.ledger import Ledger, Tenant, tenant_for
 from services.planner.core.model import (
     Assignment,
@@ -139,7 +139,7 @@ def _service_warnings(problem: Problem, ledger: Ledger, spec: ServiceSpec, a: As
     slots = [s for k in keys if (s := problem.slot(k)) is not None]
     out = []
     if spec.precision is not None:
-        lacking = [s for s in slots if not (s.supports_bf16 if spec.precision.value == "bf16" else s.supports_fp16)]
+        lacking = [s for s in slots if not supports(s, spec)]
         if lacking:
             out.append(
                 f"{spec.name} needs {spec.precision.value}, which "
