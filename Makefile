@@ -27,7 +27,7 @@ test-integration: $(STAMP)
 	$(BIN)/pytest -m integration
 
 lint: $(STAMP)
-	$(BIN)/ruff check shared services tests bench
+	$(BIN)/ruff check shared services tests bench gpuplane_runtime
 	$(BIN)/mypy
 
 clean:

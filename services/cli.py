@@ -36,7 +36,12 @@ SERVICE_FLAGS: dict[str, dict[str, tuple[str, type, str]]] = {
         "--config-dir": ("config_dir", Path, "where gpu-assignments.yml is written (default config)"),
         "--default-strategy": ("default_strategy", str, "strategy used until one is saved"),
     },
-    "orchestrator": {},
+    "orchestrator": {
+        "--database-url": ("database_url", str, "PostgreSQL that keeps the runs"),
+        "--compose-files": ("compose_files", str, "the AI stack's base compose files, comma-separated"),
+        "--compose-cmd": ("compose_cmd", str, "podman-compose (default) or 'docker compose'"),
+        "--config-dir": ("config_dir", Path, "where docker-compose.gpu-override.yml is written (default config)"),
+    },
     "router": {},
     "api": {
         "--http-port": ("http_port", int, "port to listen on"),
@@ -150,6 +155,19 @@ def _local_inventories(fleet: Path | None, backend_name: str | None) -> list[Inv
         return [decider.force(scan, 0.0, utc_now()) for scan in backend.scan()]
     finally:
         backend.close()
+
+
+def _run_cdi_spec(args: argparse.Namespace) -> int:
+    from services.orchestrator.simcdi import render_simulated_spec
+    from shared.files import write_atomic
+
+    text = render_simulated_spec(_local_inventories(args.fleet, "simulated"))
+    if args.output is None:
+        print(text, end="")
+    else:
+        write_atomic(args.output, text)
+        print(f"wrote {args.output} (simulated GPUs of {args.fleet})")
+    return 0
 
 
 def _run_gpus(args: argparse.Namespace) -> int:
@@ -317,6 +335,10 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--compose-files", default=None, help="compose files whose annotated services form the catalog")
     plan.add_argument("--json", action="store_true", help="print the plan as JSON (the preview API's shape)")
 
+    cdi = sub.add_parser("cdi-spec", help="write a CDI spec for a simulated fleet (podman then 'injects' its GPUs)")
+    cdi.add_argument("--fleet", type=Path, default=Path("deploy/fleets/reference.yaml"), help="simulated fleet file")
+    cdi.add_argument("--output", type=Path, default=None, help="e.g. /etc/cdi/gpuplane-sim.yaml (default: stdout)")
+
     watch = sub.add_parser("watch", help="print messages on a NATS subject, e.g. 'gpuplane.inventory.>'")
     watch.add_argument("subject", nargs="?", default="gpuplane.>", help="subject, wildcards allowed")
     watch.add_argument("--nats-url", default=None, help="NATS of the running stack")
@@ -331,6 +353,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "up": _run_up,
     "gpus": _run_gpus,
     "plan": _run_plan,
+    "cdi-spec": _run_cdi_spec,
     "watch": _run_watch,
     **{name: functools.partial(_run_service, name) for name in SERVICE_FLAGS},
 }

@@ -170,10 +170,12 @@ class ErrorReply(Message):
     """What a responder sends back instead of its normal reply when the request cannot be served."""
 
     type: Literal["gpuplane.error.v1"] = "gpuplane.error.v1"
-    code: Literal["bad_request", "unavailable", "internal"]
+    code: Literal["bad_request", "unavailable", "internal", "conflict"]
     message: str
     field: str | None = None
     """Dotted path of the request field at fault (``assignments.2.service``), for bad requests."""
+    context: dict[str, str] = Field(default_factory=dict)
+    """Facts a client may act on, e.g. the ``run_id`` of the run that is in the way of a conflict."""
 
 
 # --------------------------------------------------------------------------- planner
@@ -308,6 +310,159 @@ class ConfigChanged(Message):
     at: datetime = Field(default_factory=utc_now)
 
 
+class ConfigRestoreRequest(Message):
+    """Save an earlier revision's assignments again, as a new revision (a rollback does this)."""
+
+    type: Literal["gpuplane.planner.config.restore.v1"] = "gpuplane.planner.config.restore.v1"
+    revision: int = Field(ge=1)
+
+
+# --------------------------------------------------------------------------- orchestrator
+#
+# A *run* applies one target configuration to the compose project's containers. Services the
+# target changes go pending -> recreating -> healthy | failed; a failed run restores what it
+# touched (rolled_back). Runs live in PostgreSQL; every transition is also an event.
+
+
+class RunKind(StrEnum):
+    APPLY = "apply"
+    """POST /apply: the saved configuration."""
+    ROLLBACK = "rollback"
+    """POST /rollback: the configuration applied before the last successful run."""
+    CONVERGE = "converge"
+    """Start-up: the saved configuration, when the containers do not run it."""
+
+
+class RunState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    ROLLING_BACK = "rolling_back"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    """Failed and not restored (GPUPLANE_ROLLBACK=manual, or the restore failed too)."""
+    ROLLED_BACK = "rolled_back"
+    """Failed, and every container it touched runs the previous configuration again."""
+
+    @property
+    def active(self) -> bool:
+        return self in (RunState.QUEUED, RunState.RUNNING, RunState.ROLLING_BACK)
+
+
+class ServiceState(StrEnum):
+    PENDING = "pending"
+    RECREATING = "recreating"
+    HEALTHY = "healthy"
+    FAILED = "failed"
+    RESTORED = "restored"
+    """Rolled back to the previous configuration after the run failed."""
+
+
+class ServiceProgress(Frozen):
+    """One service a run changes."""
+
+    service: str
+    state: ServiceState = ServiceState.PENDING
+    change: str
+    """Why it is in the run, e.g. "GPU GPU-aa.. -> GPU-bb..", "VRAM_BUDGET_GB 6.8 -> 3.5"."""
+    devices_before: tuple[str, ...] = ()
+    devices_after: tuple[str, ...] = ()
+    container_before: str | None = None
+    container_after: str | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    error: str | None = None
+
+
+class TouchedContainer(Frozen):
+    """A container the compose command removed or created, and why (it may not be the one asked for)."""
+
+    service: str
+    container_before: str | None
+    container_after: str | None
+    why: str
+    at: datetime
+
+
+class ApplyRun(Frozen):
+    id: str
+    kind: RunKind
+    trigger: str
+    """Who started it: api, startup, recovery."""
+    state: RunState = RunState.QUEUED
+    revision: int | None = None
+    """The configuration revision this run applies (None: a configuration from before any save)."""
+    previous_revision: int | None = None
+    """The revision the containers ran before (None: not applied by gpuplane before)."""
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    error: str | None = None
+    services: tuple[ServiceProgress, ...] = ()
+    touched: tuple[TouchedContainer, ...] = ()
+    notes: tuple[str, ...] = ()
+    """Things worth knowing: skipped services, a restart of the orchestrator mid-run and what it did."""
+    rollback_of: str | None = None
+    """For a rollback run: the run whose configuration it undoes."""
+
+
+class Drift(Frozen):
+    """A container that does not run what the applied configuration says (changed by hand, say)."""
+
+    service: str
+    container: str | None
+    expected: str
+    actual: str
+
+
+class ApplyRequest(Message):
+    type: Literal["gpuplane.orchestrator.apply.request.v1"] = "gpuplane.orchestrator.apply.request.v1"
+
+
+class RollbackRequest(Message):
+    type: Literal["gpuplane.orchestrator.rollback.request.v1"] = "gpuplane.orchestrator.rollback.request.v1"
+
+
+class RunAccepted(Message):
+    """The run was recorded and queued; follow it with the status or the progress events."""
+
+    type: Literal["gpuplane.orchestrator.accepted.v1"] = "gpuplane.orchestrator.accepted.v1"
+    run: ApplyRun
+
+
+class StatusRequest(Message):
+    type: Literal["gpuplane.orchestrator.status.request.v1"] = "gpuplane.orchestrator.status.request.v1"
+
+
+class OrchestratorStatus(Message):
+    type: Literal["gpuplane.orchestrator.status.v1"] = "gpuplane.orchestrator.status.v1"
+    run: ApplyRun | None
+    """The run in progress, else the last one."""
+    applied_revision: int | None = None
+    """The configuration revision the containers were last brought to."""
+    drift: tuple[Drift, ...] = ()
+    compose: str
+    """The compose command, project and files, as the orchestrator runs them."""
+    problems: tuple[str, ...] = ()
+    """What stops an apply now (the compose command missing, no CDI spec, ...)."""
+
+
+class RunProgress(Message):
+    """Published on every transition of a run or of one of its services."""
+
+    type: Literal["gpuplane.orchestrator.progress.v1"] = "gpuplane.orchestrator.progress.v1"
+    run: ApplyRun
+    service: str | None = None
+    """The service whose state changed; None for a change of the run's own state."""
+    at: datetime = Field(default_factory=utc_now)
+
+
+class ApplyWork(Message):
+    """A work-queue item: carry out this recorded run (redelivered if the orchestrator dies mid-run)."""
+
+    type: Literal["gpuplane.orchestrator.work.v1"] = "gpuplane.orchestrator.work.v1"
+    run_id: str
+
+
 AnyMessage = Annotated[
     Inventory
     | GpuHealthChanged
@@ -322,7 +477,15 @@ AnyMessage = Annotated[
     | ConfigSaved
     | PreviewRequest
     | PlanPreview
-    | ConfigChanged,
+    | ConfigChanged
+    | ConfigRestoreRequest
+    | ApplyRequest
+    | RollbackRequest
+    | RunAccepted
+    | StatusRequest
+    | OrchestratorStatus
+    | RunProgress
+    | ApplyWork,
     Field(discriminator="type"),
 ]
 _ANY = TypeAdapter(AnyMessage)
@@ -351,6 +514,14 @@ def message_types() -> dict[str, type[Message]]:
         PreviewRequest,
         PlanPreview,
         ConfigChanged,
+        ConfigRestoreRequest,
+        ApplyRequest,
+        RollbackRequest,
+        RunAccepted,
+        StatusRequest,
+        OrchestratorStatus,
+        RunProgress,
+        ApplyWork,
     ):
         result[model.model_fields["type"].default] = model
     return result

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Engine, create_engine, text
+import threading
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.util import CommandError
+from sqlalchemy import Engine, create_engine, func, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 
@@ -50,3 +56,27 @@ def ping(engine: Engine) -> str:
         raise DatabaseUnavailable(f"database unreachable: {exc.__class__.__name__}: {exc.orig}") from exc
     except SQLAlchemyError as exc:
         raise DatabaseUnavailable(f"database unreachable: {exc.__class__.__name__}: {exc}") from exc
+
+
+_ALEMBIC = threading.Lock()
+"""Alembic keeps the migration it is running in module globals, so two at once in one process (the
+planner's and the orchestrator's, in a test or an embedding) would trample each other."""
+
+
+def upgrade(engine: Engine, script_location: Path, lock_key: int, what: str) -> None:
+    """Run ``script_location``'s migrations to head, one process at a time (``pg_advisory_xact_lock(lock_key)``).
+
+    Raises ``DatabaseUnavailable`` when the database does not answer, ``ConfigError`` when the
+    migrations cannot run (a database from a newer gpuplane, say).
+    """
+    config = Config()
+    config.set_main_option("script_location", str(script_location))
+    try:
+        with _ALEMBIC, engine.begin() as conn:
+            conn.execute(select(func.pg_advisory_xact_lock(lock_key)))
+            config.attributes["connection"] = conn
+            command.upgrade(config, "head")
+    except DBAPIError as exc:
+        raise DatabaseUnavailable(f"cannot migrate {what}: {exc.__class__.__name__}: {exc.orig}") from exc
+    except CommandError as exc:
+        raise ConfigError(f"cannot migrate {what}: {exc}") from exc

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-ReplyCode = Literal["bad_request", "unavailable", "internal"]
+ReplyCode = Literal["bad_request", "unavailable", "internal", "conflict"]
 
 
 class GpuplaneError(Exception):
@@ -30,6 +30,16 @@ class OperationFailed(GpuplaneError):
     """The request was valid but could not be carried out; nothing was changed."""
 
     reply_code: ClassVar[ReplyCode] = "internal"
+
+
+class Conflict(GpuplaneError):
+    """The request collides with work in progress; ``context`` names it (``run_id``)."""
+
+    reply_code: ClassVar[ReplyCode] = "conflict"
+
+    def __init__(self, message: str, context: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.context = dict(context or {})
 
 
 class ConfigError(GpuplaneError):
@@ -64,12 +74,15 @@ class BusUnavailable(BusError):
 class RemoteError(BusError):
     """The responder answered with an error reply."""
 
-    def __init__(self, subject: str, code: str, message: str, field: str | None = None) -> None:
+    def __init__(
+        self, subject: str, code: str, message: str, field: str | None = None, context: dict[str, str] | None = None
+    ) -> None:
         super().__init__(f"{subject}: {message}")
         self.subject = subject
         self.code = code
         self.remote_message = message
         self.field = field
+        self.context = dict(context or {})
 
 
 class ContractError(BusError):

@@ -65,8 +65,20 @@ PLANNER_CONFIG_GET = f"{PREFIX}.svc.planner.config.get"
 PLANNER_CONFIG_PUT = f"{PREFIX}.svc.planner.config.put"
 PLANNER_PREVIEW = f"{PREFIX}.svc.planner.preview"
 
+PLANNER_CONFIG_RESTORE = f"{PREFIX}.svc.planner.config.restore"
+
 # Every save of the GPU configuration; the latest is kept for late subscribers.
 CONFIG_CHANGED = f"{PREFIX}.config.changed"
+
+# Orchestrator requests (queue group) and its run progress events (the latest is kept).
+ORCHESTRATOR_APPLY = f"{PREFIX}.svc.orchestrator.apply"
+ORCHESTRATOR_ROLLBACK = f"{PREFIX}.svc.orchestrator.rollback"
+ORCHESTRATOR_STATUS = f"{PREFIX}.svc.orchestrator.status"
+ORCHESTRATOR_PROGRESS = f"{PREFIX}.orchestrator.progress"
+
+# Work queues: each message is delivered to one consumer until it is acknowledged.
+ORCHESTRATOR_WORK = f"{PREFIX}.work.orchestrator.apply"
+ORCHESTRATOR_WORK_CONSUMER = "orchestrator-apply"
 
 
 def queue_group(service: ServiceName) -> str:
@@ -75,25 +87,35 @@ def queue_group(service: ServiceName) -> str:
 
 @dataclass(frozen=True)
 class StreamSpec:
-    """A JetStream stream that keeps the latest events for late subscribers."""
+    """A JetStream stream: the latest events for late subscribers, or a work queue."""
 
     name: str
     subjects: tuple[str, ...]
     max_msgs_per_subject: int
     max_age_s: float
+    work_queue: bool = False
+    """Work-queue retention: a message is removed once a consumer acknowledges it."""
 
 
 # Events a UI that connects late needs: the latest inventory of every host and the latest saved
-# configuration (later: apply progress). Only a short history per subject is kept; the latest
-# is what matters.
+# configuration, the progress of the last apply. Only a short history per subject is kept; the
+# latest is what matters.
 EVENTS_STREAM = StreamSpec(
     name="GPUPLANE_EVENTS",
-    subjects=(INVENTORY_ALL, GPU_HEALTH_ALL, CONFIG_CHANGED),
+    subjects=(INVENTORY_ALL, GPU_HEALTH_ALL, CONFIG_CHANGED, ORCHESTRATOR_PROGRESS),
     max_msgs_per_subject=16,
     max_age_s=7 * 24 * 3600.0,
 )
 
-STREAMS: tuple[StreamSpec, ...] = (EVENTS_STREAM,)
+WORK_STREAM = StreamSpec(
+    name="GPUPLANE_WORK",
+    subjects=(f"{PREFIX}.work.>",),
+    max_msgs_per_subject=1024,
+    max_age_s=24 * 3600.0,
+    work_queue=True,
+)
+
+STREAMS: tuple[StreamSpec, ...] = (EVENTS_STREAM, WORK_STREAM)
 
 
 def stream_for(subject: str) -> StreamSpec | None:

@@ -155,6 +155,8 @@ def create_app(settings: ApiSettings, *, bus_factory: BusFactory = nats_bus_fact
     async def remote(request: Request, exc: RemoteError) -> JSONResponse:
         if exc.code == "bad_request" and exc.field:
             return JSONResponse({"detail": [_field_error(request, exc.field, exc.remote_message)]}, status_code=422)
+        if exc.code == "conflict":
+            return JSONResponse({"detail": exc.remote_message, **exc.context}, status_code=409)
         status = {"bad_request": 422, "unavailable": 503, "internal": 500}.get(exc.code, 502)
         return _error(status, exc.remote_message, retry if status == 503 else None)
 

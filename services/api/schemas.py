@@ -7,8 +7,10 @@ from datetime import datetime
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.contracts import (
+    ApplyRun,
     AssignmentDiff,
     AssignmentRequest,
+    Drift,
     Gpu,
     GpuConfig,
     GpuPlanLoad,
@@ -103,3 +105,28 @@ class PlanPreviewOut(BaseModel):
     changes: list[AssignmentDiff] = Field(description="What would change from the saved configuration.")
     feasible: bool
     message: str | None = None
+
+
+class RunAcceptedOut(BaseModel):
+    """Answer to POST /apply and /rollback: the run is recorded and queued."""
+
+    run_id: str
+    state: str
+    kind: str
+    revision: int | None = Field(description="The configuration revision the run applies.")
+    status_url: str = Field(description="Follow the run here (or on NATS: gpuplane.orchestrator.progress).")
+
+
+class ConflictOut(BaseModel):
+    detail: str
+    run_id: str | None = Field(default=None, description="The run in progress.")
+
+
+class ApplyStatusOut(BaseModel):
+    """GET /status: the run in progress (else the last one), drift, and what stops an apply."""
+
+    run: ApplyRun | None
+    applied_revision: int | None = Field(description="The configuration revision the containers were last brought to.")
+    drift: list[Drift] = Field(description="Containers that do not run what the override says (changed by hand?).")
+    compose: str = Field(description="The compose command, project and files the orchestrator runs.")
+    problems: list[str] = Field(description="What stops an apply now; empty when an apply can run.")

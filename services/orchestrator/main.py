@@ -1,19 +1,258 @@
-"""Orchestrator service: applies plans to running containers (filled by the orchestrator issue).
+"""Orchestrator service: apply, rollback and status requests over NATS; runs through a JetStream work queue.
 
-For now a thin shell: it connects, answers health requests, heartbeats and drains on signal.
+A request records a run in PostgreSQL and queues it; the work-queue consumer carries it out and
+acknowledges it only at the end, so a run whose orchestrator dies is delivered again. At
+start-up a run left active is finished or rolled back first, then the containers are brought
+to the saved configuration if they drifted from it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import os
+import shlex
+import uuid
+from pathlib import Path
+
+from sqlalchemy import Engine
+
+from services.orchestrator.core.inspect import project_name
+from services.orchestrator.engine import ComposeEngine, container_cmd_for, load_compose_documents
+from services.orchestrator.service import ApplyRefused, Options, Orchestrator
 from services.orchestrator.settings import OrchestratorSettings
-from shared.bus.base import Bus
-from shared.contracts import ServiceName
-from shared.service import ServiceContext, run
+from shared.bus.base import Bus, Delivery
+from shared.contracts import (
+    ApplyRequest,
+    ApplyRun,
+    ApplyWork,
+    ConfigGetRequest,
+    ConfigReply,
+    ConfigRestoreRequest,
+    ConfigSaved,
+    GpuConfig,
+    OrchestratorStatus,
+    RollbackRequest,
+    RunAccepted,
+    RunKind,
+    RunProgress,
+    RunState,
+    ServiceName,
+    StatusRequest,
+    utc_now,
+)
+from shared.database import DatabaseUnavailable, make_engine
+from shared.errors import BusError, ConfigError, GpuplaneError, NoResponders, RemoteError, RequestTimeout
+from shared.service import ServiceContext, StartFn, run
+from shared.subjects import (
+    ORCHESTRATOR_APPLY,
+    ORCHESTRATOR_PROGRESS,
+    ORCHESTRATOR_ROLLBACK,
+    ORCHESTRATOR_STATUS,
+    ORCHESTRATOR_WORK,
+    ORCHESTRATOR_WORK_CONSUMER,
+    PLANNER_CONFIG_GET,
+    PLANNER_CONFIG_RESTORE,
+    queue_group,
+)
+
+log = logging.getLogger("gpuplane.orchestrator")
 
 
-async def start(bus: Bus, ctx: ServiceContext) -> None:
-    """Nothing to subscribe yet beyond what every service answers."""
+class PlannerConfig:
+    """The planner's saved configuration, asked over the bus."""
+
+    def __init__(self, bus: Bus) -> None:
+        self._bus = bus
+
+    async def saved(self) -> GpuConfig | None:
+        reply = await self._bus.request(PLANNER_CONFIG_GET, ConfigGetRequest(), ConfigReply)
+        return reply.config if reply.config.saved else None
+
+    async def restore(self, revision: int) -> GpuConfig:
+        reply = await self._bus.request(PLANNER_CONFIG_RESTORE, ConfigRestoreRequest(revision=revision), ConfigSaved)
+        return reply.config
+
+
+class BusRunEvents:
+    def __init__(self, bus: Bus) -> None:
+        self._bus = bus
+
+    async def progress(self, run: ApplyRun, service: str | None) -> None:
+        try:
+            await self._bus.publish(ORCHESTRATOR_PROGRESS, RunProgress(run=run, service=service))
+        except BusError as exc:
+            # The run is recorded in PostgreSQL either way; the event is a convenience for watchers.
+            log.warning("progress of run %s not published: %s", run.id, exc)
+
+
+def make_engine_for(settings: OrchestratorSettings) -> ComposeEngine:
+    compose = settings.compose_argv()
+    container = tuple(shlex.split(settings.container_cmd)) if settings.container_cmd else container_cmd_for(compose)
+    files = settings.compose_paths()
+    return ComposeEngine(
+        compose_cmd=compose,
+        compose_files=files,
+        override_file=settings.override_path,
+        project=settings.compose_project or _project_name(files),
+        container_cmd=container,
+        cdi_dirs=settings.cdi_dirs(),
+        command_timeout_s=settings.command_timeout_s,
+    )
+
+
+def _project_name(files: tuple[Path, ...]) -> str:
+    """As the compose command would name the project; "unset" without compose files (apply then says why)."""
+    if not files:
+        return "unset"
+    try:
+        documents = load_compose_documents(files)
+    except ConfigError as exc:
+        # Named in the status's problems too; the folder's name is the best guess until the files are fixed.
+        log.warning("%s", exc)
+        documents = []
+    return project_name(files, dict(os.environ), documents)
+
+
+def make_orchestrator(settings: OrchestratorSettings, bus: Bus) -> Orchestrator:
+    options = Options(
+        override_path=settings.override_path,
+        device_ids=settings.device_ids,
+        auto_rollback=settings.rollback == "auto",
+        health_grace_s=settings.health_grace_s,
+        health_timeout_s=settings.health_timeout_s,
+        health_poll_s=settings.health_poll_s,
+    )
+    return Orchestrator(
+        make_engine_for(settings),
+        PlannerConfig(bus),
+        BusRunEvents(bus),
+        options,
+        clock=utc_now,
+        new_id=lambda: uuid.uuid4().hex[:12],
+    )
+
+
+async def _open_store(orchestrator: Orchestrator, settings: OrchestratorSettings, engine: Engine) -> None:
+    from services.orchestrator.store import RunStore
+
+    store = RunStore(engine)
+    while True:
+        try:
+            await asyncio.to_thread(store.migrate)
+            break
+        except DatabaseUnavailable as exc:
+            orchestrator.store_problem = str(exc)
+            log.warning("run store not ready (%s); retrying in %.1f s", exc, settings.database_retry_s)
+            await asyncio.sleep(settings.database_retry_s)
+    orchestrator.store = store
+    orchestrator.store_problem = None
+    log.info("run store ready")
+
+
+async def _converge(orchestrator: Orchestrator, queue: _Queue, settings: OrchestratorSettings) -> None:
+    """Start-up: bring the containers to the saved configuration, once the planner answers."""
+    if await orchestrator.problems(fresh=True):
+        log.info("not converging at start-up: %s", "; ".join(await orchestrator.problems()))
+        return
+    for _ in range(60):
+        try:
+            reason = await orchestrator.needs_converging()
+            break
+        except (NoResponders, RequestTimeout) as exc:
+            log.debug("planner not answering yet: %s", exc)
+        except RemoteError as exc:
+            if exc.code != "unavailable":
+                raise
+        await asyncio.sleep(settings.database_retry_s)
+    else:
+        log.warning("not converging at start-up: the planner did not answer")
+        return
+    if reason is None:
+        log.info("containers run the saved configuration")
+        return
+    log.info("containers differ from the saved configuration: %s; converging", reason)
+    try:
+        await queue(await orchestrator.request_apply(kind=RunKind.CONVERGE, trigger="startup"))
+    except GpuplaneError as exc:
+        log.warning("start-up convergence not started: %s", exc)
+
+
+class _Queue:
+    """Puts a recorded run on the work queue; a run that cannot be queued is marked failed."""
+
+    def __init__(self, bus: Bus, orchestrator: Orchestrator) -> None:
+        self._bus = bus
+        self._orchestrator = orchestrator
+
+    async def __call__(self, run_: ApplyRun) -> ApplyRun:
+        try:
+            await self._bus.publish(ORCHESTRATOR_WORK, ApplyWork(run_id=run_.id))
+        except BusError as exc:
+            await self._orchestrator.abandon(run_.id, f"could not be queued: {exc}")
+            raise
+        return run_
+
+
+def make_start(settings: OrchestratorSettings) -> StartFn:
+    async def start(bus: Bus, ctx: ServiceContext) -> None:
+        orchestrator = make_orchestrator(settings, bus)
+        queue = _Queue(bus, orchestrator)
+
+        async def on_apply(_: ApplyRequest, __: Delivery) -> RunAccepted:
+            return RunAccepted(run=await queue(await orchestrator.request_apply()))
+
+        async def on_rollback(_: RollbackRequest, __: Delivery) -> RunAccepted:
+            return RunAccepted(run=await queue(await orchestrator.request_rollback()))
+
+        async def on_status(_: StatusRequest, __: Delivery) -> OrchestratorStatus:
+            return await orchestrator.status()
+
+        async def on_work(work: ApplyWork, _: Delivery) -> None:
+            await orchestrator.execute(work.run_id)
+
+        group = queue_group(ServiceName.ORCHESTRATOR)
+        await bus.subscribe(ORCHESTRATOR_APPLY, ApplyRequest, on_apply, queue=group)
+        await bus.subscribe(ORCHESTRATOR_ROLLBACK, RollbackRequest, on_rollback, queue=group)
+        await bus.subscribe(ORCHESTRATOR_STATUS, StatusRequest, on_status, queue=group)
+
+        async def background() -> None:
+            if not settings.database_url:
+                log.warning("GPUPLANE_DATABASE_URL is not set: status only, no apply")
+                return
+            engine = make_engine(settings.database_url, pool_size=2)
+
+            async def dispose() -> None:
+                engine.dispose()
+
+            ctx.on_stop(dispose)
+            await _open_store(orchestrator, settings, engine)
+            recovered = await orchestrator.recover()
+            if recovered:
+                log.info("run %s left by a previous orchestrator is settled", recovered)
+            await bus.consume(
+                ORCHESTRATOR_WORK,
+                ApplyWork,
+                on_work,
+                durable=ORCHESTRATOR_WORK_CONSUMER,
+                ack_wait_s=settings.work_ack_wait_s,
+            )
+            if settings.converge_on_start:
+                await _converge(orchestrator, queue, settings)
+
+        ctx.spawn(background(), name="open-store")
+        ctx.add_health(
+            lambda: {
+                "compose": orchestrator.engine.describe(),
+                "store": "ready" if orchestrator.store is not None else f"not ready: {orchestrator.store_problem}",
+            }
+        )
+
+    return start
 
 
 def main(settings: OrchestratorSettings) -> None:
-    run(ServiceName.ORCHESTRATOR, settings, start)
+    run(ServiceName.ORCHESTRATOR, settings, make_start(settings))
+
+
+__all__ = ["ApplyRefused", "RunState", "main", "make_start"]

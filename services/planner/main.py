@@ -9,7 +9,7 @@ import time
 from sqlalchemy import Engine
 
 from services.planner.catalog import load_catalog
-from services.planner.service import Planner
+from services.planner.service import Planner, SaveResult
 from services.planner.settings import PlannerSettings
 from shared.bus.base import Bus, Delivery
 from shared.contracts import (
@@ -17,6 +17,7 @@ from shared.contracts import (
     ConfigGetRequest,
     ConfigPutRequest,
     ConfigReply,
+    ConfigRestoreRequest,
     ConfigSaved,
     Inventory,
     PlanPreview,
@@ -32,6 +33,7 @@ from shared.subjects import (
     INVENTORY_ALL,
     PLANNER_CONFIG_GET,
     PLANNER_CONFIG_PUT,
+    PLANNER_CONFIG_RESTORE,
     PLANNER_PREVIEW,
     queue_group,
 )
@@ -97,14 +99,19 @@ def make_start(settings: PlannerSettings, planner: Planner) -> StartFn:
         async def on_preview(req: PreviewRequest, _: Delivery) -> PlanPreview:
             return await planner.preview(req.strategy)
 
-        async def on_put(req: ConfigPutRequest, _: Delivery) -> ConfigSaved:
-            result = await planner.save(req)
+        async def announce(result: SaveResult) -> ConfigSaved:
             try:
                 await bus.publish(CONFIG_CHANGED, ConfigChanged(config=result.saved, changes=result.reply.changes))
             except BusError as exc:
                 log.warning("configuration revision %d saved, but its event was not published: %s",
                             result.saved.revision, exc)
             return result.reply
+
+        async def on_put(req: ConfigPutRequest, _: Delivery) -> ConfigSaved:
+            return await announce(await planner.save(req))
+
+        async def on_restore(req: ConfigRestoreRequest, _: Delivery) -> ConfigSaved:
+            return await announce(await planner.restore(req))
 
         await bus.subscribe(INVENTORY_ALL, Inventory, on_inventory)
         for inv in await bus.latest(INVENTORY_ALL, Inventory):
@@ -113,6 +120,7 @@ def make_start(settings: PlannerSettings, planner: Planner) -> StartFn:
         await bus.subscribe(PLANNER_CONFIG_GET, ConfigGetRequest, on_get, queue=group)
         await bus.subscribe(PLANNER_PREVIEW, PreviewRequest, on_preview, queue=group)
         await bus.subscribe(PLANNER_CONFIG_PUT, ConfigPutRequest, on_put, queue=group)
+        await bus.subscribe(PLANNER_CONFIG_RESTORE, ConfigRestoreRequest, on_restore, queue=group)
         if settings.database_url:
             engine = make_engine(settings.database_url, pool_size=2)
 

@@ -16,13 +16,14 @@ from typing import Protocol
 
 from services.planner.core.model import Pin, ServiceSpec
 from services.planner.core.planning import make_plan
-from services.planner.core.render import preview
+from services.planner.core.render import diff, preview
 from services.planner.core.snapshot import make_problem, pins_from_requests, pins_from_saved, slots_from
 from services.planner.core.strategies import STRATEGIES, get_strategy
 from services.planner.core.strategies.manual import Manual
 from shared.contracts import (
     ConfigPutRequest,
     ConfigReply,
+    ConfigRestoreRequest,
     ConfigSaved,
     GpuConfig,
     Inventory,
@@ -30,7 +31,7 @@ from shared.contracts import (
     ServiceAssignment,
     StrategyInfo,
 )
-from shared.errors import GpuplaneError
+from shared.errors import GpuplaneError, InvalidRequest
 from shared.fleet import LatestInventories
 
 log = logging.getLogger("gpuplane.planner")
@@ -46,6 +47,8 @@ class ConfigRepository(Protocol):
     ) -> GpuConfig: ...
 
     def record_devices(self, inventory: Inventory, now: datetime) -> None: ...
+
+    def revision(self, revision: int) -> GpuConfig | None: ...
 
 
 class NotReady(GpuplaneError):
@@ -142,6 +145,20 @@ class Planner:
                          f"{'it' if len(missing) == 1 else 'them'}.")
         config = saved.model_copy(update={"warnings": (*saved.warnings, *extra)})
         return ConfigReply(config=config, strategies=self.strategies(), message=current.message)
+
+    async def restore(self, request: ConfigRestoreRequest) -> SaveResult:
+        """Save an earlier revision's strategy and assignments again, as they were (a rollback does this)."""
+        store = self._store()
+        async with self._save_lock:
+            saved = await self._load(store)
+            old = await asyncio.to_thread(store.revision, request.revision)
+            if old is None:
+                raise InvalidRequest(f"there is no saved revision {request.revision}", field="revision")
+            stored = await asyncio.to_thread(store.save, old.strategy, old.assignments, old.warnings, self._clock())
+            config = self._in_catalog_order(stored)
+        changes = diff(saved.assignments if saved else (), config.assignments)
+        log.info("restored revision %d as revision %d", request.revision, config.revision)
+        return SaveResult(ConfigSaved(warnings=config.warnings, config=config, changes=changes), config)
 
     async def save(self, request: ConfigPutRequest) -> SaveResult:
         strategy = get_strategy(request.strategy).NAME

@@ -9,9 +9,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from alembic import command
-from alembic.config import Config
-from alembic.util import CommandError
 from sqlalchemy import (
     Boolean,
     Column,
@@ -38,8 +35,7 @@ from sqlalchemy.exc import DBAPIError
 
 from services.planner.mirror import MirrorWriteFailed, mirror_matches, read_mirror, render_mirror, restore, write_atomic
 from shared.contracts import GpuConfig, Inventory, ServiceAssignment
-from shared.database import DatabaseUnavailable
-from shared.errors import ConfigError
+from shared.database import DatabaseUnavailable, upgrade
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +101,17 @@ GPU_CONFIG_HISTORY = Table(
     Column("assignments", JSONB, nullable=False),
     Column("warnings", JSONB, nullable=False),
 )
+
+
+def _history_config(row: Row[Any]) -> GpuConfig:
+    return GpuConfig(
+        strategy=row.strategy,
+        saved=True,
+        saved_at=row.saved_at,
+        revision=row.revision,
+        assignments=tuple(ServiceAssignment.model_validate(a) for a in row.assignments),
+        warnings=tuple(row.warnings),
+    )
 
 
 @contextmanager
@@ -234,15 +241,7 @@ class ConfigStore:
 
     def migrate(self) -> None:
         """Bring the schema to the latest migration; safe when several planners start at once."""
-        config = Config()
-        config.set_main_option("script_location", str(Path(__file__).with_name("migrations")))
-        try:
-            with _database_errors("migrate the planner's tables"), self._engine.begin() as conn:
-                _lock(conn, MIGRATION_LOCK_KEY)
-                config.attributes["connection"] = conn
-                command.upgrade(config, "head")
-        except CommandError as exc:
-            raise ConfigError(f"cannot migrate the planner's tables: {exc}") from exc
+        upgrade(self._engine, Path(__file__).with_name("migrations"), MIGRATION_LOCK_KEY, "the planner's tables")
 
     def load(self) -> GpuConfig | None:
         """The saved configuration, or None before the first save."""
@@ -321,17 +320,14 @@ class ConfigStore:
         table = GPU_CONFIG_HISTORY
         with _database_errors("read the configuration history"), self._engine.connect() as conn:
             rows = conn.execute(select(table).order_by(table.c.revision.desc()).limit(limit))
-            return [
-                GpuConfig(
-                    strategy=row.strategy,
-                    saved=True,
-                    saved_at=row.saved_at,
-                    revision=row.revision,
-                    assignments=tuple(ServiceAssignment.model_validate(a) for a in row.assignments),
-                    warnings=tuple(row.warnings),
-                )
-                for row in rows
-            ]
+            return [_history_config(row) for row in rows]
+
+    def revision(self, revision: int) -> GpuConfig | None:
+        """Saved revision ``revision`` as it was saved, or None if there is no such revision."""
+        table = GPU_CONFIG_HISTORY
+        with _database_errors("read the configuration history"), self._engine.connect() as conn:
+            row = conn.execute(select(table).where(table.c.revision == revision)).first()
+            return _history_config(row) if row is not None else None
 
     def sync_mirror(self) -> bool:
         """At start-up: rewrite a missing or differing mirror from the database; True when rewritten."""

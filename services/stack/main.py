@@ -220,8 +220,8 @@ def _service_specs(
                 env["GPUPLANE_FLEET"] = str(fleet.fleet)
         if name is ServiceName.PLANNER:
             env["GPUPLANE_CATALOG_FILE"] = str(catalog.catalog_file)
-            if catalog.compose_files:
-                env["GPUPLANE_COMPOSE_FILES"] = ",".join(str(p) for p in catalog.compose_files)
+        if name in (ServiceName.PLANNER, ServiceName.ORCHESTRATOR) and catalog.compose_files:
+            env["GPUPLANE_COMPOSE_FILES"] = ",".join(str(p) for p in catalog.compose_files)
         if name is ServiceName.API:
             env["GPUPLANE_HTTP_PORT"] = str(settings.http_port)
             env["GPUPLANE_HTTP_HOST"] = settings.http_host
@@ -310,6 +310,11 @@ def _banner(
         lines.append("  GPUs       no inventory yet (the detector has not reported; see the log above)")
     lines.append(f"  Services   {', '.join(catalog.services)}   (catalog {catalog.source})")
     lines.append(f"  Config     {api}/api/system/gpu-config   (mirrored to {catalog.mirror})")
+    if catalog.compose_files:
+        stack = ", ".join(str(p) for p in catalog.compose_files)
+        lines.append(f"  Apply      POST {api}/api/system/gpu-config/apply   (compose project: {stack})")
+    else:
+        lines.append("  Apply      not set up: set GPUPLANE_COMPOSE_FILES to your AI stack's compose file(s)")
     lines.append("Press Ctrl-C to stop everything.")
     return "\n".join(lines)
 

@@ -68,6 +68,26 @@ class Bus(Protocol):
         """The last stored message of every subject matching ``subject_filter``."""
         ...
 
+    async def consume(
+        self,
+        subject: str,
+        message_type: type[M],
+        handler: Handler[M],
+        *,
+        durable: str,
+        ack_wait_s: float = 30.0,
+        max_deliver: int = 5,
+        retry_delay_s: float = 5.0,
+    ) -> Subscription:
+        """Take work from a work-queue stream (``StreamSpec.work_queue``), one message at a time.
+
+        A message is acknowledged when ``handler`` returns, and kept alive while it runs (however
+        long). If the handler raises, it is delivered again after ``retry_delay_s``, at most
+        ``max_deliver`` times in all; if this process dies first, it is delivered again to the
+        next consumer with the same ``durable`` name once ``ack_wait_s`` has passed.
+        """
+        ...
+
     async def drain(self) -> None:
         """Finish in-flight handlers, flush, and disconnect."""
         ...

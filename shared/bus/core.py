@@ -68,7 +68,7 @@ def decode_reply(data: bytes, reply_type: type[R], subject: str) -> R:
         except ValidationError:
             pass
         else:
-            raise RemoteError(subject, err.code, err.message, err.field)
+            raise RemoteError(subject, err.code, err.message, err.field, err.context)
     return decode(data, reply_type, subject)
 
 
@@ -150,7 +150,12 @@ class Dispatcher:
                     span.set_status(Status(StatusCode.ERROR, str(exc)))
                     log.warning("%s on %s: %s", "rejected request" if outcome == "invalid" else "handler failed",
                                 subject, exc)
-                    reply = ErrorReply(code=exc.reply_code, message=str(exc), field=getattr(exc, "field", None))
+                    reply = ErrorReply(
+                        code=exc.reply_code,
+                        message=str(exc),
+                        field=getattr(exc, "field", None),
+                        context=getattr(exc, "context", {}),
+                    )
                 except Exception as exc:  # noqa: BLE001 - the bus is a boundary: one bad message must not kill the subscription
                     outcome = "error"
                     span.record_exception(exc)

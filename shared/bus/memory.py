@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import random
 from collections import defaultdict, deque
@@ -10,8 +11,8 @@ from dataclasses import dataclass
 
 from shared.bus.base import Handler, M, R
 from shared.bus.core import Dispatcher, Reply, decode_reply, decode_stored, encode, outgoing_headers
-from shared.contracts import Message
-from shared.errors import BusUnavailable, NoResponders, RequestTimeout
+from shared.contracts import ErrorReply, Message
+from shared.errors import BusError, BusUnavailable, NoResponders, RequestTimeout
 from shared.subjects import matches, stream_for
 from shared.telemetry import bus_metrics
 
@@ -29,6 +30,26 @@ class _Sub:
         self.bus._subs.pop(self.id, None)
 
 
+@dataclass
+class _WorkItem:
+    subject: str
+    data: bytes
+    headers: dict[str, str]
+    deliveries: int = 0
+
+
+@dataclass
+class _Consumer:
+    bus: MemoryBus
+    loop: asyncio.Task[None] | None = None
+
+    async def unsubscribe(self) -> None:
+        if self.loop is not None:
+            self.loop.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.loop
+
+
 class MemoryBus:
     """Delivers messages to subscribers in this process, through the same dispatcher as NATS."""
 
@@ -44,6 +65,10 @@ class MemoryBus:
         self._random = random.Random(seed)
         self._closed = False
         self.published: list[tuple[str, Message]] = []
+        # Work-queue items outlive a consumer (as JetStream's do), so a test can "restart" one.
+        self._work: list[_WorkItem] = []
+        self._work_ready = asyncio.Event()
+        self._consumers: list[_Consumer] = []
 
     @property
     def is_connected(self) -> bool:
@@ -68,6 +93,10 @@ class MemoryBus:
         self.published.append((subject, message))
         self._metrics.published.labels(self._service, message.type).inc()
         spec = stream_for(subject)
+        if spec is not None and spec.work_queue:
+            self._work.append(_WorkItem(subject, data, headers))
+            self._work_ready.set()
+            return
         if spec is not None:
             self._stored.setdefault(subject, deque(maxlen=spec.max_msgs_per_subject)).append(data)
         for sub in self._targets(subject):
@@ -121,12 +150,69 @@ class MemoryBus:
             stored, message_type, metrics=self._metrics, service=self._service, pattern=subject_filter
         )
 
+    async def consume(
+        self,
+        subject: str,
+        message_type: type[M],
+        handler: Handler[M],
+        *,
+        durable: str,
+        ack_wait_s: float = 30.0,
+        max_deliver: int = 5,
+        retry_delay_s: float = 5.0,
+    ) -> _Consumer:
+        spec = stream_for(subject)
+        if spec is None or not spec.work_queue:
+            raise BusError(f"{subject} is not on a work-queue stream; see shared.subjects.STREAMS")
+        consumer = _Consumer(self)
+
+        async def loop() -> None:
+            while True:
+                item = next((w for w in self._work if matches(subject, w.subject)), None)
+                if item is None:
+                    self._work_ready.clear()
+                    await self._work_ready.wait()
+                    continue
+                item.deliveries += 1
+                self._work.remove(item)
+                try:
+                    reply = await self._dispatcher.dispatch(
+                        pattern=subject,
+                        subject=item.subject,
+                        data=item.data,
+                        headers=item.headers,
+                        message_type=message_type,
+                        handler=handler,
+                        reply_expected=True,
+                    )
+                except asyncio.CancelledError:
+                    self._work.insert(0, item)  # not acknowledged: the next consumer gets it
+                    raise
+                if reply is not None and isinstance(reply.message, ErrorReply) and item.deliveries < max_deliver:
+                    await asyncio.sleep(retry_delay_s)
+                    self._work.append(item)
+
+        consumer.loop = asyncio.create_task(loop(), name=f"consume {subject}")
+        self._consumers.append(consumer)
+        return consumer
+
+    def pending_work(self) -> int:
+        """Work-queue items not yet acknowledged (tests only)."""
+        return len(self._work)
+
     async def settle(self) -> None:
         """Wait until every delivery started so far has finished (tests only)."""
         while self._tasks:
             await asyncio.gather(*list(self._tasks))
 
     async def drain(self) -> None:
+        for consumer in self._consumers:
+            await consumer.unsubscribe()
+        self._consumers.clear()
         await self.settle()
         self._closed = True
         self._subs.clear()
+
+    def reopen(self) -> None:
+        """Connect again after ``drain`` (tests: a service restarting on the same bus and its stored work)."""
+        self._closed = False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -13,13 +14,13 @@ import nats.js.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import AckPolicy, ConsumerConfig, DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
 from shared.bus.base import Handler, M, R
 from shared.bus.core import Dispatcher, decode_reply, decode_stored, encode, outgoing_headers
-from shared.contracts import Message
+from shared.contracts import ErrorReply, Message
 from shared.errors import BusError, BusUnavailable, NoResponders, RequestTimeout
 from shared.subjects import STREAMS, StreamSpec, stream_for
 from shared.telemetry import bus_metrics
@@ -42,6 +43,18 @@ class _NatsSubscription:
         await self.sub.unsubscribe()
 
 
+@dataclass(frozen=True)
+class _PullConsumer:
+    """A work-queue consumer: its fetch loop runs until unsubscribed or the bus drains."""
+
+    loop: asyncio.Task[None]
+
+    async def unsubscribe(self) -> None:
+        self.loop.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.loop
+
+
 class NatsBus:
     """A ``Bus`` on nats-py. Build it with :func:`connect`."""
 
@@ -55,6 +68,7 @@ class NatsBus:
         self._metrics = bus_metrics()
         self._tracer = trace.get_tracer("gpuplane.bus")
         self._jetstream_ok = True
+        self._consumers: set[_PullConsumer] = set()
 
     @property
     def is_connected(self) -> bool:
@@ -70,7 +84,7 @@ class NatsBus:
             config = StreamConfig(
                 name=spec.name,
                 subjects=list(spec.subjects),
-                retention=RetentionPolicy.LIMITS,
+                retention=RetentionPolicy.WORK_QUEUE if spec.work_queue else RetentionPolicy.LIMITS,
                 storage=StorageType.FILE,
                 discard=DiscardPolicy.OLD,
                 max_msgs_per_subject=spec.max_msgs_per_subject,
@@ -193,7 +207,104 @@ class NatsBus:
         except (nats.errors.Error, TimeoutError) as exc:
             raise BusError(f"reading the latest {subject_filter} failed: {type(exc).__name__}: {exc}") from exc
 
+    async def consume(
+        self,
+        subject: str,
+        message_type: type[M],
+        handler: Handler[M],
+        *,
+        durable: str,
+        ack_wait_s: float = 30.0,
+        max_deliver: int = 5,
+        retry_delay_s: float = 5.0,
+    ) -> _PullConsumer:
+        spec = stream_for(subject)
+        if spec is None or not spec.work_queue:
+            raise BusError(f"{subject} is not on a work-queue stream; see shared.subjects.STREAMS")
+        if not self._jetstream_ok:
+            raise BusUnavailable(f"work queue {subject} needs JetStream, which this NATS server does not offer")
+        config = ConsumerConfig(
+            durable_name=durable,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=ack_wait_s,
+            max_deliver=max_deliver,
+            filter_subject=subject,
+        )
+        try:
+            pull = await self._js.pull_subscribe(subject, durable=durable, stream=spec.name, config=config)
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise BusError(f"cannot consume {subject}: {type(exc).__name__}: {exc}") from exc
+        consumer = _PullConsumer(
+            asyncio.create_task(
+                self._pull_loop(pull, subject, message_type, handler, ack_wait_s, retry_delay_s),
+                name=f"consume {subject}",
+            )
+        )
+        self._consumers.add(consumer)
+        consumer.loop.add_done_callback(lambda _: self._consumers.discard(consumer))
+        return consumer
+
+    async def _pull_loop(
+        self,
+        pull: nats.js.JetStreamContext.PullSubscription,
+        subject: str,
+        message_type: type[M],
+        handler: Handler[M],
+        ack_wait_s: float,
+        retry_delay_s: float,
+    ) -> None:
+        while True:
+            try:
+                batch = await pull.fetch(1, timeout=5)
+            except TimeoutError:
+                continue
+            except nats.errors.Error as exc:
+                log.warning("fetching from %s failed (%s); retrying", subject, exc)
+                await asyncio.sleep(1.0)
+                continue
+            for msg in batch:
+                await self._work_on(msg, subject, message_type, handler, ack_wait_s, retry_delay_s)
+
+    async def _work_on(
+        self,
+        msg: Msg,
+        subject: str,
+        message_type: type[M],
+        handler: Handler[M],
+        ack_wait_s: float,
+        retry_delay_s: float,
+    ) -> None:
+        async def keep_alive() -> None:
+            # Without this, a run longer than ack_wait would be handed to another consumer.
+            while True:
+                await asyncio.sleep(ack_wait_s / 3)
+                with contextlib.suppress(nats.errors.Error):
+                    await msg.in_progress()
+
+        alive = asyncio.create_task(keep_alive())
+        try:
+            reply = await self._dispatcher.dispatch(
+                pattern=subject,
+                subject=msg.subject,
+                data=msg.data,
+                headers=msg.headers,
+                message_type=message_type,
+                handler=handler,
+                reply_expected=True,
+            )
+        finally:
+            alive.cancel()
+        try:
+            if reply is not None and isinstance(reply.message, ErrorReply):
+                await msg.nak(delay=retry_delay_s)
+            else:
+                await msg.ack()
+        except nats.errors.Error as exc:
+            log.warning("could not settle work item on %s (it will be delivered again): %s", subject, exc)
+
     async def drain(self) -> None:
+        for consumer in list(self._consumers):
+            await consumer.unsubscribe()
         if self._nc.is_closed:
             return
         if not self._nc.is_connected:

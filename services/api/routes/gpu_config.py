@@ -7,9 +7,37 @@ from typing import Any
 from fastapi import APIRouter, Query
 
 from services.api.deps import BusDep
-from services.api.schemas import ErrorOut, GpuConfigIn, GpuConfigOut, GpuConfigSavedOut, PlanPreviewOut
-from shared.contracts import ConfigGetRequest, ConfigPutRequest, ConfigReply, ConfigSaved, PlanPreview, PreviewRequest
-from shared.subjects import PLANNER_CONFIG_GET, PLANNER_CONFIG_PUT, PLANNER_PREVIEW
+from services.api.schemas import (
+    ApplyStatusOut,
+    ConflictOut,
+    ErrorOut,
+    GpuConfigIn,
+    GpuConfigOut,
+    GpuConfigSavedOut,
+    PlanPreviewOut,
+    RunAcceptedOut,
+)
+from shared.contracts import (
+    ApplyRequest,
+    ConfigGetRequest,
+    ConfigPutRequest,
+    ConfigReply,
+    ConfigSaved,
+    OrchestratorStatus,
+    PlanPreview,
+    PreviewRequest,
+    RollbackRequest,
+    RunAccepted,
+    StatusRequest,
+)
+from shared.subjects import (
+    ORCHESTRATOR_APPLY,
+    ORCHESTRATOR_ROLLBACK,
+    ORCHESTRATOR_STATUS,
+    PLANNER_CONFIG_GET,
+    PLANNER_CONFIG_PUT,
+    PLANNER_PREVIEW,
+)
 
 router = APIRouter(prefix="/api/system/gpu-config", tags=["gpu-config"])
 
@@ -50,3 +78,58 @@ async def preview(
     configuration. Saves nothing."""
     proposal = await bus.request(PLANNER_PREVIEW, PreviewRequest(strategy=strategy), PlanPreview)
     return PlanPreviewOut(**proposal.model_dump(exclude={"type"}))
+
+
+RUN_ANSWERS: dict[int | str, dict[str, Any]] = {
+    409: {
+        "model": ConflictOut,
+        "description": "A run is in progress (`run_id` names it), or there is nothing to apply or roll back.",
+    },
+    503: {
+        "model": ErrorOut,
+        "description": "The compose command, podman, the CDI spec or the database is missing or not answering; "
+        "nothing was changed (the refused run is in the status too).",
+    },
+}
+
+
+def _accepted(reply: RunAccepted) -> RunAcceptedOut:
+    run = reply.run
+    return RunAcceptedOut(
+        run_id=run.id,
+        state=run.state.value,
+        kind=run.kind.value,
+        revision=run.revision,
+        status_url=f"{router.prefix}/status",
+    )
+
+
+@router.post(
+    "/apply", status_code=202, response_model=RunAcceptedOut, responses=RUN_ANSWERS, summary="Apply the configuration"
+)
+async def apply(bus: BusDep) -> RunAcceptedOut:
+    """Recreate the containers whose GPU assignment differs from the saved configuration, one at a time,
+    checking each one's GPUs and health; a failure restores what the run touched (GPUPLANE_ROLLBACK=auto).
+    Answers at once with the run id; follow it with GET /status."""
+    # The orchestrator checks the compose command and CDI spec before it records the run.
+    reply = await bus.request(ORCHESTRATOR_APPLY, ApplyRequest(), RunAccepted, timeout_s=30.0)
+    return _accepted(reply)
+
+
+@router.post(
+    "/rollback", status_code=202, response_model=RunAcceptedOut, responses=RUN_ANSWERS, summary="Roll back"
+)
+async def rollback(bus: BusDep) -> RunAcceptedOut:
+    """Restore the configuration that was applied before the last successful run, containers and saved
+    configuration both."""
+    reply = await bus.request(ORCHESTRATOR_ROLLBACK, RollbackRequest(), RunAccepted, timeout_s=30.0)
+    return _accepted(reply)
+
+
+@router.get("/status", response_model=ApplyStatusOut, responses=ANSWERS, summary="Apply progress and drift")
+async def status(bus: BusDep) -> ApplyStatusOut:
+    """The run in progress, else the last one: every service's state (pending, recreating, healthy, failed,
+    restored) with times and errors, every container the compose command touched and why; plus containers that
+    drifted from the applied configuration, and anything that would stop an apply now."""
+    reply = await bus.request(ORCHESTRATOR_STATUS, StatusRequest(), OrchestratorStatus, timeout_s=15.0)
+    return ApplyStatusOut(**reply.model_dump(exclude={"type"}))

@@ -16,6 +16,7 @@ class FakeRepository:
         self.config: GpuConfig | None = None
         self.fail_with: GpuplaneError | None = None
         self.recorded: list[Inventory] = []
+        self.revisions: dict[int, GpuConfig] = {}
 
     def load(self) -> GpuConfig | None:
         return self.config
@@ -34,7 +35,11 @@ class FakeRepository:
             assignments=tuple(assignments),
             warnings=tuple(warnings),
         )
+        self.revisions[revision] = self.config
         return self.config
+
+    def revision(self, revision: int) -> GpuConfig | None:
+        return self.revisions.get(revision)
 
     def record_devices(self, inventory: Inventory, now: datetime) -> None:
         self.recorded.append(inventory)

@@ -19,6 +19,7 @@ from shared.contracts import (
     ConfigGetRequest,
     ConfigPutRequest,
     ConfigReply,
+    ConfigRestoreRequest,
     ConfigSaved,
     Inventory,
     InventorySource,
@@ -27,7 +28,7 @@ from shared.contracts import (
 from shared.database import make_engine
 from shared.errors import NoResponders, RemoteError
 from shared.service import ServiceContext, serve
-from shared.subjects import PLANNER_CONFIG_GET, PLANNER_CONFIG_PUT, inventory
+from shared.subjects import PLANNER_CONFIG_GET, PLANNER_CONFIG_PUT, PLANNER_CONFIG_RESTORE, inventory
 from tests.builders import make_gpu
 from tests.conftest import REPO
 from tests.realdeps import NatsServer, Postgres
@@ -163,3 +164,25 @@ async def test_mirror_write_failure_leaves_database_unchanged(
     assert after == before and after is not None and after.strategy == "vram_based"
     assert len(store.history()) == 1
     engine.dispose()
+
+
+async def test_restore_saves_an_earlier_revision_again_and_mirrors_it(
+    planner: tuple[Start, PlannerSettings], client: NatsBus
+) -> None:
+    start, settings = planner
+    start()
+    first = await request_until_ready(client, PLANNER_CONFIG_PUT, ISSUE_PUT, ConfigSaved)
+    assert isinstance(first, ConfigSaved)
+    second = await client.request(PLANNER_CONFIG_PUT, ConfigPutRequest(strategy="isolation_first"), ConfigSaved)
+    assert second.config.revision == 2
+
+    restored = await client.request(PLANNER_CONFIG_RESTORE, ConfigRestoreRequest(revision=1), ConfigSaved)
+
+    assert restored.config.revision == 3 and restored.config.strategy == "manual"
+    assert restored.config.assignments == first.config.assignments
+    assert {c.service for c in restored.changes} == {c.service for c in second.changes}
+    on_disk = yaml.safe_load(settings.mirror_path.read_text())
+    assert on_disk["revision"] == 3
+    with pytest.raises(RemoteError) as missing:
+        await client.request(PLANNER_CONFIG_RESTORE, ConfigRestoreRequest(revision=99), ConfigSaved)
+    assert missing.value.code == "bad_request" and missing.value.field == "revision"

@@ -1,0 +1,1 @@
+"""The orchestrator's pure core: override rendering, reconciliation, health judgement. No I/O."""
