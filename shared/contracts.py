@@ -411,7 +411,11 @@ class Drift(Frozen):
     service: str
     container: str | None
     expected: str
+    """The GPUs the applied configuration gives it."""
     actual: str
+    """The GPUs the container has."""
+    differences: tuple[str, ...] = ()
+    """Every difference, e.g. "GPU none -> GPU-a4..", "VRAM_BUDGET_GB 3.5 -> unset"."""
 
 
 class ApplyRequest(Message):
@@ -453,6 +457,8 @@ class RunProgress(Message):
     run: ApplyRun
     service: str | None = None
     """The service whose state changed; None for a change of the run's own state."""
+    state: str
+    """The new state of ``service`` (pending, recreating, healthy, failed, restored), else of the run."""
     at: datetime = Field(default_factory=utc_now)
 
 

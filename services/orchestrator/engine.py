@@ -111,6 +111,8 @@ class ComposeEngine:
     # --- Protocol ----------------------------------------------------------------------------
 
     async def problems(self, device_ids: Collection[str]) -> list[str]:
+        if not self.compose_files:
+            return ["no compose project to apply to: set GPUPLANE_COMPOSE_FILES to your AI stack's compose file(s)"]
         found: list[str] = []
         try:
             await self._check_engine(found)

@@ -80,7 +80,9 @@ class BusRunEvents:
 
     async def progress(self, run: ApplyRun, service: str | None) -> None:
         try:
-            await self._bus.publish(ORCHESTRATOR_PROGRESS, RunProgress(run=run, service=service))
+            progress = next((s for s in run.services if s.service == service), None)
+            state = progress.state.value if progress is not None else run.state.value
+            await self._bus.publish(ORCHESTRATOR_PROGRESS, RunProgress(run=run, service=service, state=state))
         except BusError as exc:
             # The run is recorded in PostgreSQL either way; the event is a convenience for watchers.
             log.warning("progress of run %s not published: %s", run.id, exc)
@@ -169,7 +171,7 @@ async def _converge(orchestrator: Orchestrator, queue: _Queue, settings: Orchest
         log.warning("not converging at start-up: the planner did not answer")
         return
     if reason is None:
-        log.info("containers run the saved configuration")
+        log.info("nothing to converge at start-up: no configuration saved yet, or the containers already run it")
         return
     log.info("containers differ from the saved configuration: %s; converging", reason)
     try:

@@ -245,7 +245,8 @@ class Orchestrator:
                         service=container.service,
                         container=container.id[:12],
                         expected=describe_devices(target.device_ids),
-                        actual="; ".join(reasons),
+                        actual=describe_devices(container.device_ids),
+                        differences=tuple(reasons),
                     )
                 )
         return tuple(found)
@@ -442,16 +443,25 @@ class Orchestrator:
             record = with_run(record, services=(*record.run.services, touched_by))
         started = self._clock()
         record = await self._save(
-            update_service(record, service, state=ServiceState.RECREATING, started_at=started, error=None), service
+            # A restore keeps the error that made it necessary.
+            update_service(record, service, state=ServiceState.RECREATING, started_at=started)
+            if restoring
+            else update_service(record, service, state=ServiceState.RECREATING, started_at=started, error=None),
+            service,
         )
         try:
             before = await self.engine.containers()
             mine = [c for c in before if c.service == service]
-            if not mine or any(mismatches(target, c) for c in mine) or restoring and not all(c.running for c in mine):
+            differs = [reason for c in mine for reason in mismatches(target, c)]
+            if restoring:
+                why = "restored to the previous configuration (rollback)"
+            else:
+                why = f"asked for: {'; '.join(differs) or 'no container yet'}"
+            if not mine or differs or restoring and not all(c.running for c in mine):
                 result = await self.engine.recreate(service)
                 after = await self.engine.containers()
                 record = with_run(
-                    record, touched=(*record.run.touched, *self._touched(service, before, after, project))
+                    record, touched=(*record.run.touched, *self._touched(service, before, after, project, why))
                 )
                 log.info("recreated %s (%s exited %d)", service, result.argv[0], result.returncode)
                 if not any(c.service == service for c in after):
@@ -515,6 +525,7 @@ class Orchestrator:
         before: Sequence[ContainerView],
         after: Sequence[ContainerView],
         project: Mapping[str, tuple[str, ...]],
+        why_asked: str,
     ) -> list[TouchedContainer]:
         """Every container the compose command removed or created, with the reason it was touched."""
         old = {c.id: c for c in before}
@@ -527,7 +538,7 @@ class Orchestrator:
             was = next((c.id[:12] for c in before if c.service == name and c.id not in new), None)
             now_id = next((c.id[:12] for c in after if c.service == name and c.id not in old), None)
             if name == service:
-                why = "its GPU assignment changed"
+                why = why_asked
             elif name in deps:
                 why = f"depends on {service}: the compose command recreates the dependents of a recreated service"
             else:

@@ -33,6 +33,9 @@ def mismatches(target: ServiceTarget, container: ContainerView) -> list[str]:
             continue
         if have != want:
             reasons.append(f"{key} {have if have is not None else 'unset'} -> {want if want is not None else 'unset'}")
+    if any(r.startswith("GPU ") for r in reasons):
+        # Follows from the GPU change; saying it again only buries the reason.
+        reasons = [r for r in reasons if not r.startswith("GPUPLANE_ASSIGNED_GPUS ")]
     if not reasons:
         if target.empty and managed_before:
             reasons.append("GPU assignment removed")

@@ -239,7 +239,7 @@ async def test_apply_moves_one_service_and_touches_nothing_else_then_rolls_back_
     after = await stack.ids()
     assert {s for s in SERVICES if after[s] != before[s]} == {"ai-enrichment", "ai-api"}
     why = {t.service: t.why for t in moved.touched}
-    assert why["ai-enrichment"] == "its GPU assignment changed" and "depends on ai-enrichment" in why["ai-api"]
+    assert why["ai-enrichment"].startswith("asked for: GPU ") and "depends on ai-enrichment" in why["ai-api"]
     status = await stack.status()
     assert status.drift == () and status.problems == () and status.applied_revision == moved.revision
 
@@ -286,7 +286,8 @@ async def test_a_container_changed_by_hand_shows_as_drift(stack: Stack) -> None:
     drift = (await stack.status()).drift
 
     assert [d.service for d in drift] == ["ai-clip"]
-    assert drift[0].expected == make_gpu(1).uuid and drift[0].actual.startswith("GPU none -> ")
+    assert drift[0].expected == make_gpu(1).uuid and drift[0].actual == "no GPU"
+    assert drift[0].differences == (f"GPU none -> {make_gpu(1).uuid}",)
 
 
 @pytest.mark.parametrize("stack", [{"compose_cmd": "/opt/nowhere/podman-compose"}], indirect=True)

@@ -102,7 +102,7 @@ async def test_moving_one_service_recreates_only_it_and_its_dependent(world: Wor
     after = world.ids()
     assert {s for s in after if after[s] != before[s]} == {"ai-enrichment", "ai-api"}
     touched = {t.service: t.why for t in record.run.touched}
-    assert touched["ai-enrichment"] == "its GPU assignment changed"
+    assert touched["ai-enrichment"] == f"asked for: GPU {UUID0} -> {UUID1}; VRAM_BUDGET_GB 6.8 -> 3.5"
     assert "depends on ai-enrichment" in touched["ai-api"]
     assert world.events.service_states(record.run.id, "ai-enrichment") == ["pending", "recreating", "healthy"]
     assert parse_override(world.override.with_name(world.override.name + ".prev").read_text())[
@@ -276,7 +276,7 @@ async def test_a_container_changed_by_hand_shows_as_drift(world: World) -> None:
 
     [drift] = status.drift
     assert drift.service == "ai-clip" and drift.expected == UUID1
-    assert drift.actual.startswith(f"GPU none -> {UUID1}")
+    assert drift.actual == "no GPU" and drift.differences == (f"GPU none -> {UUID1}",)
     assert status.applied_revision == 1 and status.run is not None
 
 

@@ -69,7 +69,6 @@ EMPTY = make_target("ai-llm")
                 "VRAM_BUDGET_GB unset -> 4",
                 "CUDA_DEVICE_ORDER PCI_BUS_ID -> unset",
                 "VLLM_TENSOR_PARALLEL_SIZE 2 -> unset",
-                "GPUPLANE_ASSIGNED_GPUS 0,1 -> 0",
             ],
             id="several-reasons-devices-first-then-env-in-managed-order",
         ),
@@ -79,7 +78,7 @@ EMPTY = make_target("ai-llm")
         pytest.param(
             EMPTY,
             applied(LLM),
-            ["GPU 0 -> none", "VRAM_BUDGET_GB 4 -> unset", "GPUPLANE_ASSIGNED_GPUS 0 -> unset"],
+            ["GPU 0 -> none", "VRAM_BUDGET_GB 4 -> unset"],
             id="assignment-removed-from-a-gpu",
         ),
         pytest.param(EMPTY, make_container(), [], id="empty-target-never-ours"),
@@ -172,7 +171,7 @@ def test_reconcile_changes_follow_the_targets_order() -> None:
 
     assert plan == Reconciliation(
         changes=(
-            Change("ai-clip", "GPU none -> 1; GPUPLANE_ASSIGNED_GPUS unset -> 1", (), ("1",), "clip-1"),
+            Change("ai-clip", "GPU none -> 1", (), ("1",), "clip-1"),
             Change("ai-llm", "VRAM_BUDGET_GB 3.5 -> 4", ("0",), ("0",), "llm-1"),
         ),
         notes=(),
