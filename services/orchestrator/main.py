@@ -13,6 +13,7 @@ import logging
 import os
 import shlex
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from sqlalchemy import Engine
@@ -196,9 +197,14 @@ class _Queue:
         return run_
 
 
-def make_start(settings: OrchestratorSettings) -> StartFn:
+def make_start(
+    settings: OrchestratorSettings,
+    build: Callable[[OrchestratorSettings, Bus], Orchestrator] = make_orchestrator,
+) -> StartFn:
+    """``build`` makes the controller (tests give it fakes of the engine and the run store)."""
+
     async def start(bus: Bus, ctx: ServiceContext) -> None:
-        orchestrator = make_orchestrator(settings, bus)
+        orchestrator = build(settings, bus)
         queue = _Queue(bus, orchestrator)
 
         async def on_apply(_: ApplyRequest, __: Delivery) -> RunAccepted:
@@ -219,16 +225,17 @@ def make_start(settings: OrchestratorSettings) -> StartFn:
         await bus.subscribe(ORCHESTRATOR_STATUS, StatusRequest, on_status, queue=group)
 
         async def background() -> None:
-            if not settings.database_url:
-                log.warning("GPUPLANE_DATABASE_URL is not set: status only, no apply")
-                return
-            engine = make_engine(settings.database_url, pool_size=2)
+            if orchestrator.store is None:
+                if not settings.database_url:
+                    log.warning("GPUPLANE_DATABASE_URL is not set: no runs can be recorded, so no apply")
+                    return
+                engine = make_engine(settings.database_url, pool_size=2)
 
-            async def dispose() -> None:
-                engine.dispose()
+                async def dispose() -> None:
+                    engine.dispose()
 
-            ctx.on_stop(dispose)
-            await _open_store(orchestrator, settings, engine)
+                ctx.on_stop(dispose)
+                await _open_store(orchestrator, settings, engine)
             recovered = await orchestrator.recover()
             if recovered:
                 log.info("run %s left by a previous orchestrator is settled", recovered)

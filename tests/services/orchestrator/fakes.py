@@ -4,6 +4,7 @@ one-active-run rule, the planner's configuration, and a clock that moves only wh
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field, replace
@@ -43,6 +44,8 @@ class FakeEngine:
     drop_devices: bool = False
     """Recreate without the GPU devices (a compose front end that silently drops CDI devices)."""
     unavailable: str | None = None
+    hold: asyncio.Event | None = None
+    """When set, ``recreate`` waits for it (a run that stays in progress)."""
     problems_found: list[str] = field(default_factory=list)
     containers_now: dict[str, ContainerView] = field(default_factory=dict)
     recreated: list[str] = field(default_factory=list)
@@ -98,6 +101,8 @@ class FakeEngine:
         if self.unavailable:
             raise EngineUnavailable(self.unavailable)
         self.recreated.append(service)
+        if self.hold is not None:
+            await self.hold.wait()
         running = {s for s, c in self.containers_now.items() if c.running}
         for name in [service, *sorted(dependents(service, self.depends_on) & running)]:
             self._create(name)
