@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
 from alembic.util import CommandError
-from sqlalchemy import Engine, create_engine, func, select, text
+from sqlalchemy import Connection, Engine, create_engine, func, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 
 from shared.errors import ConfigError, GpuplaneError
+
+log = logging.getLogger(__name__)
 
 
 class DatabaseUnavailable(GpuplaneError):
@@ -73,10 +79,43 @@ def upgrade(engine: Engine, script_location: Path, lock_key: int, what: str) -> 
     config.set_main_option("script_location", str(script_location))
     try:
         with _ALEMBIC, engine.begin() as conn:
-            conn.execute(select(func.pg_advisory_xact_lock(lock_key)))
+            advisory_lock(conn, lock_key)
             config.attributes["connection"] = conn
             command.upgrade(config, "head")
     except DBAPIError as exc:
         raise DatabaseUnavailable(f"cannot migrate {what}: {exc.__class__.__name__}: {exc.orig}") from exc
     except CommandError as exc:
         raise ConfigError(f"cannot migrate {what}: {exc}") from exc
+
+
+@contextmanager
+def database_errors(action: str) -> Iterator[None]:
+    """Turn the driver's errors into ``DatabaseUnavailable`` that says what failed and why."""
+    try:
+        yield
+    except DBAPIError as exc:
+        raise DatabaseUnavailable(f"cannot {action}: {exc.__class__.__name__}: {exc.orig}") from exc
+
+
+def advisory_lock(conn: Connection, key: int) -> None:
+    """Hold ``pg_advisory_xact_lock(key)`` until the transaction ends (one writer at a time across processes)."""
+    conn.execute(select(func.pg_advisory_xact_lock(key)))
+
+
+async def until_available(
+    step: Callable[[], None], *, what: str, retry_s: float, on_problem: Callable[[str | None], None]
+) -> None:
+    """Run the blocking ``step`` (migrations, say) in a thread until the database lets it finish.
+
+    ``on_problem`` hears each reason it could not (for health replies), then None once it did.
+    """
+    while True:
+        try:
+            await asyncio.to_thread(step)
+        except DatabaseUnavailable as exc:
+            on_problem(str(exc))
+            log.warning("%s not ready (%s); retrying in %.1f s", what, exc, retry_s)
+            await asyncio.sleep(retry_s)
+        else:
+            on_problem(None)
+            return

@@ -51,3 +51,8 @@ class CommonSettings(BaseSettings):
 
 def data_dir_path(raw: str | Path) -> Path:
     return Path(raw).expanduser().resolve()
+
+
+def path_list(raw: str) -> tuple[Path, ...]:
+    """A comma-separated setting of paths (``a.yml, b.yml``), blanks dropped."""
+    return tuple(Path(part.strip()) for part in raw.split(",") if part.strip())

@@ -42,7 +42,7 @@ from shared.contracts import (
     StatusRequest,
     utc_now,
 )
-from shared.database import DatabaseUnavailable, make_engine
+from shared.database import make_engine, until_available
 from shared.errors import BusError, ConfigError, GpuplaneError, NoResponders, RemoteError, RequestTimeout
 from shared.service import ServiceContext, StartFn, run
 from shared.subjects import (
@@ -140,16 +140,12 @@ async def _open_store(orchestrator: Orchestrator, settings: OrchestratorSettings
     from services.orchestrator.store import RunStore
 
     store = RunStore(engine)
-    while True:
-        try:
-            await asyncio.to_thread(store.migrate)
-            break
-        except DatabaseUnavailable as exc:
-            orchestrator.store_problem = str(exc)
-            log.warning("run store not ready (%s); retrying in %.1f s", exc, settings.database_retry_s)
-            await asyncio.sleep(settings.database_retry_s)
+
+    def problem(reason: str | None) -> None:
+        orchestrator.store_problem = reason
+
+    await until_available(store.migrate, what="run store", retry_s=settings.database_retry_s, on_problem=problem)
     orchestrator.store = store
-    orchestrator.store_problem = None
     log.info("run store ready")
 
 

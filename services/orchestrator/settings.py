@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from shared.settings import CommonSettings
+from shared.settings import CommonSettings, path_list
 
 
 class OrchestratorSettings(CommonSettings):
@@ -65,13 +65,13 @@ class OrchestratorSettings(CommonSettings):
         return value
 
     def compose_paths(self) -> tuple[Path, ...]:
-        return tuple(Path(p.strip()) for p in self.compose_files.split(",") if p.strip())
+        return path_list(self.compose_files)
 
     def compose_argv(self) -> tuple[str, ...]:
         return tuple(shlex.split(self.compose_cmd))
 
     def cdi_dirs(self) -> tuple[Path, ...]:
-        return tuple(Path(p.strip()) for p in self.cdi_spec_dirs.split(",") if p.strip())
+        return path_list(self.cdi_spec_dirs)
 
     @property
     def override_path(self) -> Path:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +30,11 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import IntegrityError
 
 from services.orchestrator.ports import RunConflict, RunRecord
 from shared.contracts import ApplyRun, RunState
-from shared.database import DatabaseUnavailable, upgrade
+from shared.database import database_errors, upgrade
 from shared.errors import OperationFailed
 
 log = logging.getLogger(__name__)
@@ -90,19 +88,6 @@ class RunUnreadable(OperationFailed):
     def __init__(self, run_id: str, reason: str) -> None:
         super().__init__(f"stored run {run_id} cannot be read: {reason}")
         self.run_id = run_id
-
-
-@contextmanager
-def _database_errors(action: str) -> Iterator[None]:
-    """Turn the driver's errors into ``DatabaseUnavailable`` that says what failed and why."""
-    try:
-        yield
-    except DBAPIError as exc:
-        raise DatabaseUnavailable(f"cannot {action}: {exc.__class__.__name__}: {exc.orig}") from exc
-
-
-def _lock(conn: Connection, key: int) -> None:
-    conn.execute(select(func.pg_advisory_xact_lock(key)))
 
 
 def _violated(exc: IntegrityError) -> str | None:
@@ -183,7 +168,7 @@ class RunStore:
         """
         run = record.run
         statement = insert(RUNS).values(id=run.id, **_columns(record))
-        with _database_errors(f"record run {run.id}"), self._engine.begin() as conn:
+        with database_errors(f"record run {run.id}"), self._engine.begin() as conn:
             _write(conn, statement, run.id)
         log.info("recorded %s run %s (%s)", run.kind.value, run.id, run.state.value)
 
@@ -194,14 +179,14 @@ class RunStore:
         """
         run = record.run
         statement = update(RUNS).where(RUNS.c.id == run.id).values(updated_at=func.now(), **_columns(record))
-        with _database_errors(f"update run {run.id}"), self._engine.begin() as conn:
+        with database_errors(f"update run {run.id}"), self._engine.begin() as conn:
             if _write(conn, statement, run.id).rowcount == 0:
                 raise UnknownRun(run.id)
         log.debug("updated run %s (%s)", run.id, run.state.value)
 
     def get(self, run_id: str) -> RunRecord | None:
         """The run with this id, or None."""
-        with _database_errors(f"read run {run_id}"), self._engine.connect() as conn:
+        with database_errors(f"read run {run_id}"), self._engine.connect() as conn:
             row = conn.execute(select(RUNS).where(RUNS.c.id == run_id)).one_or_none()
         return None if row is None else _record(row)
 
@@ -220,11 +205,11 @@ class RunStore:
 
     def history(self, limit: int = 20) -> list[RunRecord]:
         """The last ``limit`` runs, newest first."""
-        with _database_errors("read the run history"), self._engine.connect() as conn:
+        with database_errors("read the run history"), self._engine.connect() as conn:
             rows = conn.execute(_newest_first(select(RUNS)).limit(limit)).all()
         return [_record(row) for row in rows]
 
     def _first(self, action: str, query: Select[Any]) -> RunRecord | None:
-        with _database_errors(action), self._engine.connect() as conn:
+        with database_errors(action), self._engine.connect() as conn:
             row = conn.execute(query.limit(1)).first()
         return None if row is None else _record(row)

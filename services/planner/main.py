@@ -25,7 +25,7 @@ from shared.contracts import (
     ServiceName,
     utc_now,
 )
-from shared.database import DatabaseUnavailable, make_engine
+from shared.database import DatabaseUnavailable, make_engine, until_available
 from shared.errors import BusError
 from shared.service import ServiceContext, StartFn, run
 from shared.subjects import (
@@ -55,17 +55,16 @@ async def _open_store(planner: Planner, settings: PlannerSettings, engine: Engin
     from services.planner.store import ConfigStore
 
     store = ConfigStore(engine, settings.mirror_path)
-    while True:
-        try:
-            await asyncio.to_thread(store.migrate)
-            await asyncio.to_thread(store.sync_mirror)
-            break
-        except DatabaseUnavailable as exc:
-            planner.store_problem = str(exc)
-            log.warning("configuration store not ready (%s); retrying in %.1f s", exc, settings.database_retry_s)
-            await asyncio.sleep(settings.database_retry_s)
+
+    def open_store() -> None:
+        store.migrate()
+        store.sync_mirror()
+
+    def problem(reason: str | None) -> None:
+        planner.store_problem = reason
+
+    await until_available(open_store, what="configuration store", retry_s=settings.database_retry_s, on_problem=problem)
     planner.store = store
-    planner.store_problem = None
     log.info("configuration store ready; YAML mirror at %s", settings.mirror_path)
 
 

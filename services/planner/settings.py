@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pydantic import Field, field_validator
 
-from shared.settings import CommonSettings
+from shared.settings import CommonSettings, path_list
 
 
 class PlannerSettings(CommonSettings):
@@ -40,7 +40,7 @@ class PlannerSettings(CommonSettings):
         return value
 
     def compose_paths(self) -> tuple[Path, ...]:
-        return tuple(Path(p.strip()) for p in self.compose_files.split(",") if p.strip())
+        return path_list(self.compose_files)
 
     @property
     def mirror_path(self) -> Path:

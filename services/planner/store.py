@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,7 @@ from sqlalchemy.exc import DBAPIError
 
 from services.planner.mirror import MirrorWriteFailed, mirror_matches, read_mirror, render_mirror, restore, write_atomic
 from shared.contracts import GpuConfig, Inventory, ServiceAssignment
-from shared.database import DatabaseUnavailable, upgrade
+from shared.database import advisory_lock, database_errors, upgrade
 
 log = logging.getLogger(__name__)
 
@@ -112,19 +111,6 @@ def _history_config(row: Row[Any]) -> GpuConfig:
         assignments=tuple(ServiceAssignment.model_validate(a) for a in row.assignments),
         warnings=tuple(row.warnings),
     )
-
-
-@contextmanager
-def _database_errors(action: str) -> Iterator[None]:
-    """Turn the driver's errors into ``DatabaseUnavailable`` that says what failed and why."""
-    try:
-        yield
-    except DBAPIError as exc:
-        raise DatabaseUnavailable(f"cannot {action}: {exc.__class__.__name__}: {exc.orig}") from exc
-
-
-def _lock(conn: Connection, key: int) -> None:
-    conn.execute(select(func.pg_advisory_xact_lock(key)))
 
 
 def _assignment_row(assignment: ServiceAssignment, now: datetime) -> dict[str, Any]:
@@ -245,7 +231,7 @@ class ConfigStore:
 
     def load(self) -> GpuConfig | None:
         """The saved configuration, or None before the first save."""
-        with _database_errors("load the GPU configuration"), self._engine.connect() as conn:
+        with database_errors("load the GPU configuration"), self._engine.connect() as conn:
             return _load(conn)
 
     def save(
@@ -255,9 +241,9 @@ class ConfigStore:
 
         Raises ``MirrorWriteFailed`` (database unchanged) or ``DatabaseUnavailable`` (mirror put back).
         """
-        with _database_errors("save the GPU configuration"), self._engine.connect() as conn:
+        with database_errors("save the GPU configuration"), self._engine.connect() as conn:
             transaction = conn.begin()  # leaving the block without a commit rolls it back
-            _lock(conn, SAVE_LOCK_KEY)
+            advisory_lock(conn, SAVE_LOCK_KEY)
             config = _write(conn, strategy, assignments, warnings, now)
             previous = write_atomic(self._mirror_path, render_mirror(config))
             try:
@@ -293,7 +279,7 @@ class ConfigStore:
             for gpu in inventory.gpus
         ]
         table = GPU_DEVICES
-        with _database_errors("record the GPU inventory"), self._engine.begin() as conn:
+        with database_errors("record the GPU inventory"), self._engine.begin() as conn:
             if rows:
                 upsert = pg_insert(table).values(rows)
                 conn.execute(
@@ -311,28 +297,28 @@ class ConfigStore:
     def devices(self) -> list[dict[str, Any]]:
         """Every recorded GPU, by host and index."""
         table = GPU_DEVICES
-        with _database_errors("read the GPU devices"), self._engine.connect() as conn:
+        with database_errors("read the GPU devices"), self._engine.connect() as conn:
             rows = conn.execute(select(table).order_by(table.c.host, table.c.gpu_index))
             return [dict(row._mapping) for row in rows]
 
     def history(self, limit: int = 20) -> list[GpuConfig]:
         """The last ``limit`` saved revisions, newest first."""
         table = GPU_CONFIG_HISTORY
-        with _database_errors("read the configuration history"), self._engine.connect() as conn:
+        with database_errors("read the configuration history"), self._engine.connect() as conn:
             rows = conn.execute(select(table).order_by(table.c.revision.desc()).limit(limit))
             return [_history_config(row) for row in rows]
 
     def revision(self, revision: int) -> GpuConfig | None:
         """Saved revision ``revision`` as it was saved, or None if there is no such revision."""
         table = GPU_CONFIG_HISTORY
-        with _database_errors("read the configuration history"), self._engine.connect() as conn:
+        with database_errors("read the configuration history"), self._engine.connect() as conn:
             row = conn.execute(select(table).where(table.c.revision == revision)).first()
             return _history_config(row) if row is not None else None
 
     def sync_mirror(self) -> bool:
         """At start-up: rewrite a missing or differing mirror from the database; True when rewritten."""
-        with _database_errors("load the GPU configuration"), self._engine.begin() as conn:
-            _lock(conn, SAVE_LOCK_KEY)
+        with database_errors("load the GPU configuration"), self._engine.begin() as conn:
+            advisory_lock(conn, SAVE_LOCK_KEY)
             config = _load(conn)
             if config is None:
                 return False

@@ -18,14 +18,13 @@ from pydantic import ValidationError
 
 from shared.bus.base import CORRELATION_HEADER, TYPE_HEADER, Delivery, Handler, M, R
 from shared.contracts import ErrorReply, Message
-from shared.errors import ContractError, GpuplaneError, RemoteError
+from shared.errors import BusError, ContractError, GpuplaneError, RemoteError
+from shared.subjects import StreamSpec, stream_for
 from shared.telemetry import BusMetrics
 
 log = logging.getLogger(__name__)
 
-_correlation_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "gpuplane_correlation_id", default=None
-)
+_correlation_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("gpuplane_correlation_id", default=None)
 
 
 def current_correlation_id() -> str | None:
@@ -47,6 +46,14 @@ def outgoing_headers(message: Message) -> dict[str, str]:
     headers[CORRELATION_HEADER] = _correlation_id.get() or uuid.uuid4().hex
     propagate.inject(headers)
     return headers
+
+
+def work_stream(subject: str) -> StreamSpec:
+    """The work-queue stream that ``subject`` belongs to; ``BusError`` if it is not on one."""
+    spec = stream_for(subject)
+    if spec is None or not spec.work_queue:
+        raise BusError(f"{subject} is not on a work-queue stream; see shared.subjects.STREAMS")
+    return spec
 
 
 def encode(message: Message) -> bytes:
@@ -148,8 +155,9 @@ class Dispatcher:
                 except GpuplaneError as exc:
                     outcome = "invalid" if exc.reply_code == "bad_request" else "error"
                     span.set_status(Status(StatusCode.ERROR, str(exc)))
-                    log.warning("%s on %s: %s", "rejected request" if outcome == "invalid" else "handler failed",
-                                subject, exc)
+                    log.warning(
+                        "%s on %s: %s", "rejected request" if outcome == "invalid" else "handler failed", subject, exc
+                    )
                     reply = ErrorReply(
                         code=exc.reply_code,
                         message=str(exc),

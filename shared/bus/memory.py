@@ -10,9 +10,9 @@ from collections import defaultdict, deque
 from dataclasses import dataclass
 
 from shared.bus.base import Handler, M, R
-from shared.bus.core import Dispatcher, Reply, decode_reply, decode_stored, encode, outgoing_headers
+from shared.bus.core import Dispatcher, Reply, decode_reply, decode_stored, encode, outgoing_headers, work_stream
 from shared.contracts import ErrorReply, Message
-from shared.errors import BusError, BusUnavailable, NoResponders, RequestTimeout
+from shared.errors import BusUnavailable, NoResponders, RequestTimeout
 from shared.subjects import matches, stream_for
 from shared.telemetry import bus_metrics
 
@@ -146,9 +146,7 @@ class MemoryBus:
 
     async def latest(self, subject_filter: str, message_type: type[M]) -> list[M]:
         stored = ((s, kept[-1]) for s, kept in sorted(self._stored.items()) if kept and matches(subject_filter, s))
-        return decode_stored(
-            stored, message_type, metrics=self._metrics, service=self._service, pattern=subject_filter
-        )
+        return decode_stored(stored, message_type, metrics=self._metrics, service=self._service, pattern=subject_filter)
 
     async def consume(
         self,
@@ -161,9 +159,7 @@ class MemoryBus:
         max_deliver: int = 5,
         retry_delay_s: float = 5.0,
     ) -> _Consumer:
-        spec = stream_for(subject)
-        if spec is None or not spec.work_queue:
-            raise BusError(f"{subject} is not on a work-queue stream; see shared.subjects.STREAMS")
+        work_stream(subject)  # refuses a subject outside a work queue, as NATS does
         consumer = _Consumer(self)
 
         async def loop() -> None:

@@ -19,7 +19,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
 from shared.bus.base import Handler, M, R
-from shared.bus.core import Dispatcher, decode_reply, decode_stored, encode, outgoing_headers
+from shared.bus.core import Dispatcher, decode_reply, decode_stored, encode, outgoing_headers, work_stream
 from shared.contracts import ErrorReply, Message
 from shared.errors import BusError, BusUnavailable, NoResponders, RequestTimeout
 from shared.subjects import STREAMS, StreamSpec, stream_for
@@ -218,9 +218,7 @@ class NatsBus:
         max_deliver: int = 5,
         retry_delay_s: float = 5.0,
     ) -> _PullConsumer:
-        spec = stream_for(subject)
-        if spec is None or not spec.work_queue:
-            raise BusError(f"{subject} is not on a work-queue stream; see shared.subjects.STREAMS")
+        spec = work_stream(subject)
         if not self._jetstream_ok:
             raise BusUnavailable(f"work queue {subject} needs JetStream, which this NATS server does not offer")
         config = ConsumerConfig(
