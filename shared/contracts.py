@@ -387,7 +387,7 @@ class ApplyRun(Frozen):
     id: str
     kind: RunKind
     trigger: str
-    """Who started it: api, startup, recovery."""
+    """Who started it: api (POST /apply or /rollback) or startup (convergence)."""
     state: RunState = RunState.QUEUED
     revision: int | None = None
     """The configuration revision this run applies (None: a configuration from before any save)."""

@@ -273,7 +273,7 @@ class Orchestrator:
                     await self._roll_back(record)
                     return
                 record = await self._note(record, "the orchestrator restarted during this run; finishing it")
-            await self._carry_out(record, resumed=resumed)
+            await self._carry_out(record)
 
     async def recover(self) -> str | None:
         """At start-up: finish or roll back a run that a previous orchestrator left active."""
@@ -327,14 +327,15 @@ class Orchestrator:
     async def _note(self, record: RunRecord, note: str) -> RunRecord:
         return await self._save(with_run(record, notes=(*record.run.notes, note)))
 
-    async def _carry_out(self, record: RunRecord, *, resumed: bool) -> None:
+    async def _carry_out(self, record: RunRecord) -> None:
         record = await self._save(
             with_run(record, state=RunState.RUNNING, started_at=record.run.started_at or self._clock())
         )
         try:
-            self._write_override(record.target_override)
             containers = await self.engine.containers()
             project = await self.engine.project_services()
+            # Last: an engine that does not answer must leave the override as it was.
+            self._write_override(record.target_override)
         except (FileWriteFailed, EngineUnavailable, ConfigError) as exc:
             await self._finish(record, RunState.FAILED, f"nothing was changed: {exc}")
             return
@@ -385,7 +386,14 @@ class Orchestrator:
     async def _after_success(self, record: RunRecord) -> None:
         """A rollback also puts the planner's saved configuration back, so the database, the YAML mirror
         and the override agree again."""
-        if record.run.kind is not RunKind.ROLLBACK or record.run.revision is None:
+        if record.run.kind is not RunKind.ROLLBACK:
+            return
+        if record.run.revision is None:
+            await self._note(
+                record,
+                "the containers run what they ran before gpuplane's first apply; "
+                "the saved configuration is unchanged (there is no earlier revision)",
+            )
             return
         original = record.run.revision
         try:

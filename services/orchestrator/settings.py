@@ -13,7 +13,7 @@ from shared.settings import CommonSettings, path_list
 
 class OrchestratorSettings(CommonSettings):
     database_url: str | None = Field(
-        default=None, description="PostgreSQL that keeps the runs (unset: no apply, status only)."
+        default=None, description="PostgreSQL that keeps the runs (unset: apply, rollback and status answer 503)."
     )
     compose_files: str = Field(
         default="", description="Comma-separated base compose files of the AI stack (the override goes after them)."
