@@ -105,3 +105,7 @@ class RunRepository(Protocol):
     def last_succeeded(self) -> RunRecord | None:
         """The most recent run that ended ``succeeded``."""
         ...
+
+    def history(self, limit: int = 20) -> list[RunRecord]:
+        """The last ``limit`` runs, newest first."""
+        ...

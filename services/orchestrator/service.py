@@ -54,6 +54,10 @@ from shared.files import FileWriteFailed, read_text, restore, write_atomic
 log = logging.getLogger("gpuplane.orchestrator")
 
 
+ROLLBACK_SEARCH_RUNS = 100
+"""How far back POST /rollback looks for the last run that changed something."""
+
+
 class NotReady(GpuplaneError):
     """The orchestrator cannot take a run now (no database yet, say); the message says what is missing."""
 
@@ -152,7 +156,17 @@ class Orchestrator:
         active = await asyncio.to_thread(store.active)
         if active is not None:
             raise RunConflict(active.run.id)
-        last = await asyncio.to_thread(store.last_succeeded)
+        # A run that changed nothing (everything already ran its target) is not worth undoing.
+        runs = await asyncio.to_thread(store.history, ROLLBACK_SEARCH_RUNS)
+        last = next(
+            (
+                r
+                for r in runs
+                if r.run.state is RunState.SUCCEEDED
+                and parse_override(r.previous_override) != parse_override(r.target_override)
+            ),
+            None,
+        )
         if last is None:
             raise NothingToRollBack("nothing to roll back: no configuration has been applied by gpuplane yet")
         return await self._create(

@@ -143,6 +143,9 @@ class FakeRunStore:
     def active(self) -> RunRecord | None:
         return next((r for r in self.records.values() if r.run.state.active), None)
 
+    def history(self, limit: int = 20) -> list[RunRecord]:
+        return list(reversed(self.records.values()))[:limit]
+
     def last_succeeded(self) -> RunRecord | None:
         done = [r for r in self.records.values() if r.run.state.value == "succeeded"]
         return done[-1] if done else None

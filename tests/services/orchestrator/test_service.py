@@ -215,6 +215,8 @@ async def test_rollback_restores_the_previous_configuration_and_the_planners(wor
     world.planner.save(*MOVED)
     applied = await world.apply()
     assert applied.run.revision == 2
+    world.planner.save(*MOVED)
+    assert (await world.apply()).run.services == ()  # changed nothing: not what a rollback undoes
 
     run = await world.orchestrator.request_rollback()
     assert run.kind is RunKind.ROLLBACK and run.rollback_of == applied.run.id and run.revision == 1
@@ -223,8 +225,8 @@ async def test_rollback_restores_the_previous_configuration_and_the_planners(wor
     record = world.store.get(run.id)
     assert record is not None and record.run.state is RunState.SUCCEEDED
     assert world.engine.containers_now["ai-enrichment"].device_ids == (UUID0,)
-    assert world.planner.restored == [1] and record.run.revision == 3
-    assert any("revision 1's again (saved as revision 3)" in n for n in record.run.notes)
+    assert world.planner.restored == [1] and record.run.revision == 4
+    assert any("revision 1's again (saved as revision 4)" in n for n in record.run.notes)
 
 
 async def test_a_run_cut_short_mid_recreate_is_finished_on_restart(world: World) -> None:
