@@ -328,7 +328,7 @@ class RunKind(StrEnum):
     APPLY = "apply"
     """POST /apply: the saved configuration."""
     ROLLBACK = "rollback"
-    """POST /rollback: the configuration applied before the last successful run."""
+    """POST /rollback: the configuration applied before the last successful run that changed something."""
     CONVERGE = "converge"
     """Start-up: the saved configuration, when the containers do not run it."""
 

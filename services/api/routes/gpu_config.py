@@ -120,8 +120,8 @@ async def apply(bus: BusDep) -> RunAcceptedOut:
     "/rollback", status_code=202, response_model=RunAcceptedOut, responses=RUN_ANSWERS, summary="Roll back"
 )
 async def rollback(bus: BusDep) -> RunAcceptedOut:
-    """Restore the configuration that was applied before the last successful run, containers and saved
-    configuration both."""
+    """Restore the configuration that was applied before the last successful run that changed something,
+    containers and saved configuration both."""
     reply = await bus.request(ORCHESTRATOR_ROLLBACK, RollbackRequest(), RunAccepted, timeout_s=30.0)
     return _accepted(reply)
 
