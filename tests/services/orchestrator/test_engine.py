@@ -308,3 +308,10 @@ async def test_logs_tail(podman_engine: ComposeEngine) -> None:
 
 async def test_containers_of_an_empty_project(podman_sandbox: PodmanSandbox, compose_project: ComposeProject) -> None:
     assert await engine_for(podman_sandbox, compose_project, project="gppnothing").containers() == []
+
+
+async def test_no_compose_files_is_the_one_problem_named(tmp_path: Path) -> None:
+    engine = ComposeEngine(["podman-compose"], [], tmp_path / "override.yml", "unset")
+    assert await engine.problems(["0"]) == [
+        "no compose project to apply to: set GPUPLANE_COMPOSE_FILES to your AI stack's compose file(s)"
+    ]
