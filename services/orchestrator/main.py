@@ -20,7 +20,8 @@ from sqlalchemy import Engine
 
 from services.orchestrator.core.inspect import project_name
 from services.orchestrator.engine import ComposeEngine, container_cmd_for, load_compose_documents
-from services.orchestrator.service import ApplyRefused, Options, Orchestrator
+from services.orchestrator.ports import EngineUnavailable
+from services.orchestrator.service import Options, Orchestrator
 from services.orchestrator.settings import OrchestratorSettings
 from shared.bus.base import Bus, Delivery
 from shared.contracts import (
@@ -37,7 +38,6 @@ from shared.contracts import (
     RunAccepted,
     RunKind,
     RunProgress,
-    RunState,
     ServiceName,
     StatusRequest,
     utc_now,
@@ -151,8 +151,9 @@ async def _open_store(orchestrator: Orchestrator, settings: OrchestratorSettings
 
 async def _converge(orchestrator: Orchestrator, queue: _Queue, settings: OrchestratorSettings) -> None:
     """Start-up: bring the containers to the saved configuration, once the planner answers."""
-    if await orchestrator.problems(fresh=True):
-        log.info("not converging at start-up: %s", "; ".join(await orchestrator.problems()))
+    problems = await orchestrator.problems(fresh=True)
+    if problems:
+        log.info("not converging at start-up: %s", "; ".join(problems))
         return
     for _ in range(60):
         try:
@@ -163,6 +164,10 @@ async def _converge(orchestrator: Orchestrator, queue: _Queue, settings: Orchest
         except RemoteError as exc:
             if exc.code != "unavailable":
                 raise
+        except (EngineUnavailable, ConfigError) as exc:
+            # Start-up convergence is a courtesy: a podman that hangs must not crash the service.
+            log.warning("not converging at start-up: %s", exc)
+            return
         await asyncio.sleep(settings.database_retry_s)
     else:
         log.warning("not converging at start-up: the planner did not answer")
@@ -259,5 +264,3 @@ def make_start(
 def main(settings: OrchestratorSettings) -> None:
     run(ServiceName.ORCHESTRATOR, settings, make_start(settings))
 
-
-__all__ = ["ApplyRefused", "RunState", "main", "make_start"]
