@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
@@ -170,7 +170,7 @@ class ErrorReply(Message):
     """What a responder sends back instead of its normal reply when the request cannot be served."""
 
     type: Literal["gpuplane.error.v1"] = "gpuplane.error.v1"
-    code: Literal["bad_request", "unavailable", "internal", "conflict"]
+    code: Literal["bad_request", "unavailable", "internal", "conflict", "not_found", "overloaded"]
     message: str
     field: str | None = None
     """Dotted path of the request field at fault (``assignments.2.service``), for bad requests."""
@@ -469,6 +469,231 @@ class ApplyWork(Message):
     run_id: str
 
 
+# --------------------------------------------------------------------------- router and workers
+#
+# A worker serves inference for model groups on one device (``cuda:N`` of one host, or ``cpu``).
+# Workers say what they hold and how loaded they are; routers decide from those figures, so
+# several routers agree on load without talking to each other.
+
+
+class Priority(StrEnum):
+    HIGH = "high"
+    NORMAL = "normal"
+    LOW = "low"
+
+
+class InferenceKind(StrEnum):
+    CHAT = "chat"
+    COMPLETION = "completion"
+    EMBEDDING = "embedding"
+
+
+class Route(StrEnum):
+    """Why a request went where it went (the ``X-Gpuplane-Route`` header)."""
+
+    EXCLUSIVE = "exclusive"
+    AFFINITY = "affinity"
+    LEAST_LOADED = "least-loaded"
+    RETRY = "retry"
+    CPU_FALLBACK = "cpu-fallback"
+
+
+class WorkerState(StrEnum):
+    STARTING = "starting"
+    READY = "ready"
+    DRAINING = "draining"
+    STOPPED = "stopped"
+
+
+class WorkerStatus(Message):
+    """A worker's registration and heartbeat: what it holds and how busy it is.
+
+    Sent every ``status_interval_s`` and soon after any change (a request starting or ending, a
+    group loading), so routers see load within tens of milliseconds. ``stopped`` is the last one.
+    """
+
+    type: Literal["gpuplane.worker.status.v1"] = "gpuplane.worker.status.v1"
+    worker_id: str
+    host: str
+    device: str
+    """``cuda:N`` (N is the detector's index on ``host``) or ``cpu``."""
+    gpu_index: int | None = None
+    gpu_uuid: str | None = None
+    gpu_name: str | None = None
+    backend: str
+    state: WorkerState
+    slots: int = Field(ge=1)
+    """Requests it runs at once."""
+    in_flight: int = Field(ge=0)
+    queue_depth: int = Field(ge=0)
+    groups_loaded: tuple[str, ...] = ()
+    current_group: str | None = None
+    cpu_cached_groups: tuple[str, ...] = ()
+    models: tuple[str, ...] = ()
+    """Models it can serve (every model of every group it may load)."""
+    latency_avg_s: float = Field(default=0.0, ge=0)
+    """Moving average of the time to serve one request, group loads excluded."""
+    error_count: int = Field(default=0, ge=0)
+    request_count: int = Field(default=0, ge=0)
+    group_switches: int = Field(default=0, ge=0)
+    exclusive_request: str | None = None
+    """The request that holds this worker's GPU exclusively, if any."""
+    vram_total_mb: int | None = Field(default=None, ge=0)
+    vram_used_mb: int | None = Field(default=None, ge=0)
+    utilization_percent: float | None = Field(default=None, ge=0, le=100)
+    """Busy fraction since the last status (the simulated backend's stand-in for NVML's)."""
+    sequence: int = Field(default=0, ge=0)
+    at: datetime = Field(default_factory=utc_now)
+
+
+class InferenceRequest(Message):
+    """An OpenAI-style request as the gateway received it, for a router to place."""
+
+    type: Literal["gpuplane.router.infer.v1"] = "gpuplane.router.infer.v1"
+    request_id: str
+    kind: InferenceKind
+    model: str
+    body: dict[str, Any]
+    """The request body as the client sent it (OpenAI shape), gpuplane's own fields removed."""
+    priority: Priority = Priority.NORMAL
+    exclusive_gpu: str | None = None
+    """``cuda:N``, or ``host/cuda:N`` where several hosts have workers."""
+    stream_subject: str | None = None
+    """Where to send ``StreamChunk``s; set for streaming requests only."""
+    received_at: datetime = Field(default_factory=utc_now)
+
+
+class WorkerTask(Message):
+    """What a router sends one worker: one request, or a batch of embedding requests."""
+
+    type: Literal["gpuplane.worker.task.v1"] = "gpuplane.worker.task.v1"
+    task_id: str
+    request_ids: tuple[str, ...]
+    kind: InferenceKind
+    model: str
+    group: str
+    bodies: tuple[dict[str, Any], ...]
+    """One body per request id (a batch has several)."""
+    priority: Priority = Priority.NORMAL
+    exclusive: bool = False
+    stream_subject: str | None = None
+    """Where the worker sends ``StreamChunk``s (the router's relay subject)."""
+    attempt: int = Field(default=1, ge=1)
+
+
+class WorkerResult(Message):
+    """A worker's answer to a ``WorkerTask``: one OpenAI-shaped body per request."""
+
+    type: Literal["gpuplane.worker.result.v1"] = "gpuplane.worker.result.v1"
+    task_id: str
+    worker_id: str
+    device: str
+    host: str
+    group: str
+    bodies: tuple[dict[str, Any], ...]
+    loaded_group: bool = False
+    """True when the group had to be loaded (or reloaded) for this task: a group switch."""
+    load_s: float = Field(default=0.0, ge=0)
+    service_s: float = Field(default=0.0, ge=0)
+
+
+class InferenceResult(Message):
+    """The router's answer: the body for the client and who served it, and why."""
+
+    type: Literal["gpuplane.router.result.v1"] = "gpuplane.router.result.v1"
+    request_id: str
+    body: dict[str, Any] | None = None
+    """None for a streamed request (the body went out as chunks)."""
+    worker_id: str
+    device: str
+    host: str
+    route: Route
+    group: str
+    reason: str
+    attempts: int = Field(default=1, ge=1)
+    batch_size: int = Field(default=1, ge=1)
+    queued_s: float = Field(default=0.0, ge=0)
+
+
+class StreamChunk(Message):
+    """One piece of a streamed answer. ``seq`` counts from 0; the last chunk has ``done`` or ``error``.
+
+    The first chunk a router relays names the worker, device and route, so the gateway can send
+    its headers before the body.
+    """
+
+    type: Literal["gpuplane.router.chunk.v1"] = "gpuplane.router.chunk.v1"
+    request_id: str
+    seq: int = Field(ge=0)
+    data: dict[str, Any] | None = None
+    """An OpenAI ``chat.completion.chunk`` / ``text_completion`` object."""
+    done: bool = False
+    error: str | None = None
+    worker_id: str | None = None
+    device: str | None = None
+    host: str | None = None
+    route: Route | None = None
+    attempt: int = Field(default=1, ge=1)
+
+
+class WorkerView(Frozen):
+    """One worker as a router sees it: the worker's own figures plus the router's judgement."""
+
+    status: WorkerStatus
+    alive: bool
+    gpu_healthy: bool
+    circuit: Literal["closed", "open", "half_open"]
+    eligible: bool
+    why_not: str | None = None
+
+
+class DeviceStats(Frozen):
+    """``/api/gpu_stats`` figures of one device (memory in GB, as the older clients expect)."""
+
+    host: str
+    device: str
+    name: str | None = None
+    utilization: float
+    memory_used: float
+    memory_total: float
+    memory_percent: float
+    peak_utilization: float
+    healthy: bool = True
+
+
+class ModelInfo(Frozen):
+    id: str
+    kind: InferenceKind
+    small: bool = False
+
+
+class GroupInfo(Frozen):
+    group_id: str
+    models: tuple[ModelInfo, ...]
+    vram_gb: float
+    load_time_s: float
+
+
+class RouterStateRequest(Message):
+    type: Literal["gpuplane.router.state.request.v1"] = "gpuplane.router.state.request.v1"
+
+
+class RouterState(Message):
+    """A router's view of the pools, for ``/api/gpu_stats``, ``/api/models`` and ``/api/queue``."""
+
+    type: Literal["gpuplane.router.state.v1"] = "gpuplane.router.state.v1"
+    router: str
+    policy: str
+    workers: tuple[WorkerView, ...]
+    devices: tuple[DeviceStats, ...]
+    groups: tuple[GroupInfo, ...]
+    queued: dict[str, int]
+    """Requests waiting in this router, by priority."""
+    queue_limit: int
+    in_flight: int
+    at: datetime = Field(default_factory=utc_now)
+
+
 AnyMessage = Annotated[
     Inventory
     | GpuHealthChanged
@@ -491,7 +716,15 @@ AnyMessage = Annotated[
     | StatusRequest
     | OrchestratorStatus
     | RunProgress
-    | ApplyWork,
+    | ApplyWork
+    | WorkerStatus
+    | InferenceRequest
+    | WorkerTask
+    | WorkerResult
+    | InferenceResult
+    | StreamChunk
+    | RouterStateRequest
+    | RouterState,
     Field(discriminator="type"),
 ]
 _ANY = TypeAdapter(AnyMessage)
@@ -528,6 +761,14 @@ def message_types() -> dict[str, type[Message]]:
         OrchestratorStatus,
         RunProgress,
         ApplyWork,
+        WorkerStatus,
+        InferenceRequest,
+        WorkerTask,
+        WorkerResult,
+        InferenceResult,
+        StreamChunk,
+        RouterStateRequest,
+        RouterState,
     ):
         result[model.model_fields["type"].default] = model
     return result

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-ReplyCode = Literal["bad_request", "unavailable", "internal", "conflict"]
+ReplyCode = Literal["bad_request", "unavailable", "internal", "conflict", "not_found", "overloaded"]
 
 
 class GpuplaneError(Exception):
@@ -40,6 +40,27 @@ class Conflict(GpuplaneError):
     def __init__(self, message: str, context: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.context = dict(context or {})
+
+
+class NotFound(GpuplaneError):
+    """The request names something that does not exist (a model, a device); ``field`` says where."""
+
+    reply_code: ClassVar[ReplyCode] = "not_found"
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class Overloaded(GpuplaneError):
+    """Too much work queued already: try again after ``retry_after_s`` (an HTTP 429)."""
+
+    reply_code: ClassVar[ReplyCode] = "overloaded"
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+        self.context = {"retry_after_s": f"{retry_after_s:.0f}"}
 
 
 class ConfigError(GpuplaneError):

@@ -80,6 +80,27 @@ ORCHESTRATOR_PROGRESS = f"{PREFIX}.orchestrator.progress"
 ORCHESTRATOR_WORK = f"{PREFIX}.work.orchestrator.apply"
 ORCHESTRATOR_WORK_CONSUMER = "orchestrator-apply"
 
+# Router requests: inference (queue group: one router places each request) and its view of the pools.
+ROUTER_INFER = f"{PREFIX}.svc.router.infer"
+ROUTER_STATE = f"{PREFIX}.svc.router.state"
+
+# Workers: registration/heartbeat with load figures (every router listens), and each worker's own
+# task subject (a router sends a task to the one worker it chose).
+WORKER_STATUS_ALL = f"{PREFIX}.worker.status.>"
+
+
+def worker_status(worker_id: str) -> str:
+    return f"{PREFIX}.worker.status.{token(worker_id)}"
+
+
+def worker_task(worker_id: str) -> str:
+    return f"{PREFIX}.worker.task.{token(worker_id)}"
+
+
+def stream_chunks(owner: str, request_id: str) -> str:
+    """Chunks of one streamed answer, sent to whoever waits for them (a gateway, a router relay)."""
+    return f"{PREFIX}.stream.{token(owner)}.{token(request_id)}"
+
 
 def queue_group(service: ServiceName) -> str:
     return f"{PREFIX}-{service.value}"

@@ -52,7 +52,10 @@ class Bus(Protocol):
         handler: Handler[M],
         *,
         queue: str | None = None,
-    ) -> Subscription: ...
+        max_in_flight: int = 1,
+    ) -> Subscription:
+        """Call ``handler`` for each message; with ``max_in_flight`` > 1, up to that many at once."""
+        ...
 
     async def request(
         self, subject: str, message: Message, reply_type: type[R], *, timeout_s: float | None = None

@@ -118,8 +118,15 @@ class MemoryBus:
         )
 
     async def subscribe(
-        self, subject: str, message_type: type[M], handler: Handler[M], *, queue: str | None = None
+        self,
+        subject: str,
+        message_type: type[M],
+        handler: Handler[M],
+        *,
+        queue: str | None = None,
+        max_in_flight: int = 1,
     ) -> _Sub:
+        """Every delivery runs in its own task here, so ``max_in_flight`` needs no enforcing."""
         sub = _Sub(next(self._ids), subject, queue, message_type, handler, self)
         self._subs[sub.id] = sub
         return sub

@@ -69,6 +69,8 @@ class NatsBus:
         self._tracer = trace.get_tracer("gpuplane.bus")
         self._jetstream_ok = True
         self._consumers: set[_PullConsumer] = set()
+        self._handlers: set[asyncio.Task[None]] = set()
+        self._concurrent_subs: list[Subscription] = []
 
     @property
     def is_connected(self) -> bool:
@@ -126,9 +128,15 @@ class NatsBus:
         self._metrics.published.labels(self._service, message.type).inc()
 
     async def subscribe(
-        self, subject: str, message_type: type[M], handler: Handler[M], *, queue: str | None = None
+        self,
+        subject: str,
+        message_type: type[M],
+        handler: Handler[M],
+        *,
+        queue: str | None = None,
+        max_in_flight: int = 1,
     ) -> _NatsSubscription:
-        async def on_message(msg: Msg) -> None:
+        async def handle(msg: Msg) -> None:
             # A JetStream publish carries the publisher's ack inbox as its reply subject:
             # events on stream subjects are never requests, so nothing may answer them.
             wants_reply = bool(msg.reply) and stream_for(msg.subject) is None
@@ -147,7 +155,29 @@ class NatsBus:
                 except nats.errors.Error as exc:
                     log.warning("could not answer on %s: %s", msg.subject, exc)
 
+        if max_in_flight > 1:
+            # nats-py runs one callback at a time per subscription; long handlers (an inference)
+            # get their own task, at most ``max_in_flight`` at once.
+            slots = asyncio.Semaphore(max_in_flight)
+
+            async def guarded(msg: Msg) -> None:
+                try:
+                    await handle(msg)
+                finally:
+                    slots.release()
+
+            async def on_message(msg: Msg) -> None:
+                await slots.acquire()
+                task = asyncio.create_task(guarded(msg), name=f"handle {msg.subject}")
+                self._handlers.add(task)
+                task.add_done_callback(self._handlers.discard)
+
+        else:
+            on_message = handle
+
         sub = await self._nc.subscribe(subject, queue=queue or "", cb=on_message)
+        if max_in_flight > 1:
+            self._concurrent_subs.append(sub)
         if self._nc.is_connected:
             try:
                 await self._confirm_sent()
@@ -309,6 +339,14 @@ class NatsBus:
             # Nothing can be flushed to a server that is gone; waiting would only delay exit.
             await self._nc.close()
             return
+        if self._handlers:
+            # Stop taking new messages, then let the handlers in their own tasks answer.
+            for sub in self._concurrent_subs:
+                with contextlib.suppress(nats.errors.Error):
+                    await sub.unsubscribe()
+            _, late = await asyncio.wait(set(self._handlers), timeout=self._drain_timeout_s)
+            if late:
+                log.warning("%d handler(s) still running after %.1f s of draining", len(late), self._drain_timeout_s)
         try:
             # nats-py's own flush wait can outlast its drain timeout if the server dies mid-drain.
             await asyncio.wait_for(self._nc.drain(), self._drain_timeout_s)
