@@ -136,6 +136,7 @@ class ServiceName(StrEnum):
     ORCHESTRATOR = "orchestrator"
     ROUTER = "router"
     API = "api"
+    WORKER = "worker"
 
 
 class Heartbeat(Message):

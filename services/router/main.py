@@ -1,19 +1,28 @@
-"""Router service: balances inference across per-GPU workers (filled by the router issue).
-
-For now a thin shell: it connects, answers health requests, heartbeats and drains on signal.
-"""
+"""Router service: balances inference across per-GPU worker pools. Settings in, connect, serve."""
 
 from __future__ import annotations
 
+from services.router.service import Router
 from services.router.settings import RouterSettings
 from shared.bus.base import Bus
 from shared.contracts import ServiceName
-from shared.service import ServiceContext, run
+from shared.modelgroups import load_model_catalog
+from shared.service import ServiceContext, StartFn, run
 
 
-async def start(bus: Bus, ctx: ServiceContext) -> None:
-    """Nothing to subscribe yet beyond what every service answers."""
+def make_start(settings: RouterSettings) -> StartFn:
+    """The router's part of the service shell (tests run it on their own bus)."""
+
+    async def start(bus: Bus, ctx: ServiceContext) -> None:
+        catalog = load_model_catalog(settings.model_groups_file)
+        router = Router(bus, settings, catalog, ctx.instance)
+        await router.start()
+        ctx.add_health(router.health)
+        ctx.on_stop(router.close)
+        ctx.spawn(router.run_timers(), name="router-timers")
+
+    return start
 
 
 def main(settings: RouterSettings) -> None:
-    run(ServiceName.ROUTER, settings, start)
+    run(ServiceName.ROUTER, settings, make_start(settings))

@@ -2,8 +2,48 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from pydantic import Field, field_validator
+
+from services.router.core.policies import check_policy_name
 from shared.settings import CommonSettings
 
 
 class RouterSettings(CommonSettings):
-    """Only the common settings so far."""
+    """How requests are placed, retried, queued and batched."""
+
+    routing_policy: str = Field(
+        default="affinity", description="affinity (default), p2c, round_robin, random or least_connections."
+    )
+    give_way_factor: float = Field(
+        default=2.0, ge=1.0, description="Affinity gives way when the holder would take this many times longer."
+    )
+    model_groups_file: Path = Field(default=Path("config/model_groups.yml"), description="The model-group catalog.")
+    worker_timeout_s: float = Field(
+        default=3.0, gt=0, description="A worker silent this long is gone: its requests go elsewhere."
+    )
+    worker_queue_limit: int = Field(
+        default=8, ge=0, description="Requests a worker may queue beyond its slots; the rest wait in the router."
+    )
+    circuit_failure_threshold: int = Field(default=5, ge=1, description="Failures in a row that open a circuit.")
+    circuit_reset_s: float = Field(default=60.0, gt=0, description="How long an open circuit waits for a probe.")
+    retry_attempts: int = Field(default=1, ge=0, description="Retries on another worker after a failure.")
+    lost_worker_requeues: int = Field(
+        default=3, ge=0, description="Times a request may move on because its worker died (not counted as retries)."
+    )
+    queue_limit: int = Field(default=2048, ge=1, description="Requests this router queues before answering 429.")
+    unplaceable_timeout_s: float = Field(
+        default=15.0, gt=0, description="How long a request waits when no worker that serves it is up."
+    )
+    task_timeout_s: float = Field(default=600.0, gt=0, description="Longest a worker may take over one request.")
+    max_in_flight_requests: int = Field(default=4096, ge=1, description="Requests handled at once by this router.")
+    embedding_batch_max: int = Field(default=4, ge=1, description="Embedding requests per batch (1: no batching).")
+    embedding_batch_window_s: float = Field(default=0.1, ge=0, description="How long a batch waits to fill.")
+    stream_tail_s: float = Field(default=5.0, gt=0, description="How long to wait for a stream's last chunks.")
+    seed: int | None = Field(default=None, description="Seed of the policies' randomness (tests, benchmarks).")
+
+    @field_validator("routing_policy")
+    @classmethod
+    def _known_policy(cls, value: str) -> str:
+        return check_policy_name(value)

@@ -11,7 +11,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -35,6 +35,59 @@ SERVICE_ORDER = (
     ServiceName.ROUTER,
     ServiceName.API,
 )
+
+
+@dataclass(frozen=True)
+class WorkerPlan:
+    host: str
+    device: str
+    name: str
+
+
+def plan_workers(settings: StackSettings, inventories: list[Inventory]) -> tuple[list[WorkerPlan], str]:
+    """Which workers ``up`` starts, and a line saying why (for the banner)."""
+    from services.worker.settings import parse_devices
+
+    simulated = any(inv.source is InventorySource.SIMULATED for inv in inventories)
+    if settings.workers == "off":
+        return [], "off (GPUPLANE_WORKERS=off)"
+    if settings.workers == "auto" and not simulated:
+        return [], (
+            "none started on real GPUs: run `gpuplane worker --gpu N --backend openai --upstream-url URL` "
+            "next to each model server, or set GPUPLANE_WORKERS=simulated for a demo"
+        )
+    wanted = set(parse_devices(settings.devices, None)) if settings.devices else None
+    plans = []
+    for inv in inventories:
+        for gpu in inv.gpus:
+            device = f"cuda:{gpu.index}"
+            if wanted is None or device in wanted:
+                plans.append(WorkerPlan(inv.host, device, f"worker-{inv.host}-{device.replace(':', '')}"))
+    if settings.cpu_worker and inventories:
+        plans.append(WorkerPlan(inventories[0].host, "cpu", f"worker-{inventories[0].host}-cpu"))
+    return plans, "simulated backend"
+
+
+def worker_specs(
+    settings: StackSettings, nats_url: str, plans: list[WorkerPlan]
+) -> list[ProcessSpec]:
+    return [
+        ProcessSpec(
+            name=plan.name,
+            argv=[
+                sys.executable, "-m", "services.cli", "worker",
+                "--device", plan.device, "--backend", "simulated", "--host-name", plan.host,
+            ],
+            env={
+                "GPUPLANE_NATS_URL": nats_url,
+                "GPUPLANE_LOG_LEVEL": settings.log_level,
+                "GPUPLANE_METRICS_PORT": "0",
+                "GPUPLANE_MODEL_GROUPS_FILE": str(_project_file(settings.model_groups_file)),
+                "PYTHONUNBUFFERED": "1",
+            },
+        )
+        for plan in plans
+    ]
 
 
 @dataclass(frozen=True)
@@ -222,6 +275,8 @@ def _service_specs(
             env["GPUPLANE_CATALOG_FILE"] = str(catalog.catalog_file)
         if name in (ServiceName.PLANNER, ServiceName.ORCHESTRATOR) and catalog.compose_files:
             env["GPUPLANE_COMPOSE_FILES"] = ",".join(str(p) for p in catalog.compose_files)
+        if name is ServiceName.ROUTER:
+            env["GPUPLANE_MODEL_GROUPS_FILE"] = str(_project_file(settings.model_groups_file))
         if name is ServiceName.API:
             env["GPUPLANE_HTTP_PORT"] = str(settings.http_port)
             env["GPUPLANE_HTTP_HOST"] = settings.http_host
@@ -278,6 +333,8 @@ def _banner(
     catalog: CatalogChoice,
     inventories: list[Inventory],
     metrics: dict[ServiceName, int],
+    workers: Sequence[WorkerPlan] = (),
+    workers_why: str = "",
 ) -> str:
     api = f"http://{settings.http_host}:{settings.http_port}"
     nats_where = f"embedded, JetStream in {data_dir / 'nats'}" if nats_embedded else "external"
@@ -315,6 +372,11 @@ def _banner(
         lines.append(f"  Apply      POST {api}/api/system/gpu-config/apply   (compose project: {stack})")
     else:
         lines.append("  Apply      not set up: set GPUPLANE_COMPOSE_FILES to your AI stack's compose file(s)")
+    devices = ", ".join(f"{w.host}/{w.device}" if len(inventories) > 1 else w.device for w in workers)
+    lines.append(
+        f"  Inference  POST {api}/v1/chat/completions, /v1/completions, /v1/embeddings; GET {api}/v1/models"
+    )
+    lines.append(f"  Workers    {devices or 'none'}   ({workers_why}; pools: {api}/api/queue)")
     lines.append("Press Ctrl-C to stop everything.")
     return "\n".join(lines)
 
@@ -390,11 +452,15 @@ async def run_stack(settings: StackSettings) -> int:
         except (TimeoutError, BusError) as exc:
             log.warning("no inventory from the detector yet: %s", exc or "timed out")
             inventories = []
+        plans, workers_why = plan_workers(settings, inventories)
+        for spec in worker_specs(settings, nats_url, plans):
+            await supervisor.start(spec)
         if not await _wait_healthy(settings):
             log.warning("not every part reports healthy yet; see %s/healthz", f"http://127.0.0.1:{settings.http_port}")
         print(
             _banner(
-                settings, nats_url, nats_embedded, db_url, db_embedded, data_dir, fleet, catalog, inventories, metrics
+                settings, nats_url, nats_embedded, db_url, db_embedded, data_dir, fleet, catalog, inventories, metrics,
+                plans, workers_why,
             ),
             flush=True,
         )

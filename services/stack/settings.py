@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.detector.settings import check_backend_name
@@ -39,10 +39,29 @@ class StackSettings(BaseSettings):
         le=65535,
         description="Services serve metrics on this port + 1..4 (default: HTTP port + 1..4; 0: off).",
     )
+    workers: str = Field(
+        default="auto",
+        description="Inference workers: auto (simulated ones on a simulated fleet, none on real GPUs), "
+        "simulated (always), off.",
+    )
+    devices: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("GPUPLANE_DEVICES", "DEVICES", "GPUPLANE_DEVICE", "DEVICE"),
+        description="GPUs that get a worker, e.g. cuda:0,cuda:1 (default: every GPU found).",
+    )
+    cpu_worker: bool = Field(default=True, description="Also start a CPU worker for small models' fallback.")
+    model_groups_file: Path = Field(default=Path("config/model_groups.yml"), description="The model-group catalog.")
     log_level: str = Field(default="INFO")
     startup_timeout_s: float = Field(default=60.0, gt=0, description="How long dependencies may take to start.")
     restart_backoff_initial_s: float = Field(default=0.5, gt=0)
     restart_backoff_max_s: float = Field(default=30.0, gt=0)
+
+    @field_validator("workers")
+    @classmethod
+    def _known_workers(cls, value: str) -> str:
+        if value not in ("auto", "simulated", "off"):
+            raise ValueError(f"GPUPLANE_WORKERS must be auto, simulated or off, not {value!r}")
+        return value
 
     @field_validator("detector_backend")
     @classmethod

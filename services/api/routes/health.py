@@ -10,10 +10,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from services.api.deps import StateDep
 from services.api.schemas import DependencyOut, HealthOut, ServiceHealthOut
-from shared.contracts import utc_now
+from shared.contracts import ServiceName, utc_now
 from shared.database import DatabaseUnavailable, ping
 
 router = APIRouter(tags=["health"])
+
+OPTIONAL_SERVICES = frozenset({ServiceName.WORKER.value})
+"""Reported, but the stack is healthy without them (workers run where model servers do, if anywhere)."""
 
 
 async def _database(state: StateDep) -> DependencyOut:
@@ -56,7 +59,7 @@ async def healthz(state: StateDep) -> JSONResponse:
         nats.ok is True
         and database.ok is not False
         and inventory.ok is True
-        and all(s.ok for s in services.values())
+        and all(s.ok for name, s in services.items() if name not in OPTIONAL_SERVICES)
     )
     body = HealthOut(
         status="ok" if healthy else "degraded",

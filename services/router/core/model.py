@@ -1,0 +1,96 @@
+"""What placement decides over: frozen snapshots of workers and of the request being placed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from dataclasses import field as dc_field
+
+from shared.contracts import InferenceKind, Priority, Route
+
+CPU_DEVICE = "cpu"
+
+
+@dataclass(frozen=True)
+class WorkerSnapshot:
+    """One worker at the moment of a decision, with the load every router agrees on.
+
+    ``load`` is what the worker last reported (running plus queued) plus what this router sent it
+    since; it is the same figure on every router but for those few messages in flight.
+    """
+
+    worker_id: str
+    host: str
+    device: str
+    slots: int
+    load: int
+    groups_loaded: frozenset[str] = frozenset()
+    cpu_cached_groups: frozenset[str] = frozenset()
+    current_group: str | None = None
+    latency_avg_s: float = 0.0
+    """Measured time per request on this worker; 0 until it has served one."""
+    error_rate: float = 0.0
+    has_room: bool = True
+    """Below its admission limit (slots plus the per-worker queue the router allows)."""
+
+    @property
+    def is_cpu(self) -> bool:
+        return self.device == CPU_DEVICE
+
+
+@dataclass(frozen=True)
+class PlacementRequest:
+    """The facts about a request (or an embedding batch) that placement looks at."""
+
+    request_id: str
+    kind: InferenceKind
+    model: str
+    group: str
+    priority: Priority = Priority.NORMAL
+    group_load_s: float = 5.0
+    """How long loading the group takes from disk (the catalog's figure)."""
+    cpu_reload_fraction: float = 0.2
+    expected_latency_s: float = 0.5
+    """The catalog's guess for one request, used for workers that have not measured any yet."""
+    avoid: frozenset[str] = frozenset()
+    """Workers that already failed this request (a retry goes elsewhere)."""
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A policy's pick and its reason, for the logs and the response headers."""
+
+    worker_id: str
+    route: Route
+    reason: str
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Send the request to ``worker_id`` now."""
+
+    worker_id: str
+    route: Route
+    reason: str
+    exclusive_device: str | None = None
+
+
+@dataclass(frozen=True)
+class Wait:
+    """Nobody can take it now; keep it queued. ``reasons`` say why, per worker."""
+
+    reasons: tuple[str, ...] = ()
+    stuck: bool = False
+    """No worker that could take it is up at all (not merely busy): the caller gives up after a while."""
+
+
+@dataclass(frozen=True)
+class Infeasible:
+    """No worker can ever take it as asked (an unknown model or device): answer the client now."""
+
+    reason: str
+    field: str
+    not_found: bool = True
+    reasons: tuple[str, ...] = dc_field(default_factory=tuple)
+
+
+Decision = Placement | Wait | Infeasible

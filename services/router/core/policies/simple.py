@@ -1,0 +1,51 @@
+"""Classic load balancers, for comparison and for users who want them: they ignore groups and speed."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from typing import ClassVar
+
+from services.router.core.model import Choice, PlacementRequest, WorkerSnapshot
+from shared.contracts import Route
+
+
+class RoundRobin:
+    NAME: ClassVar[str] = "round_robin"
+
+    def __init__(self) -> None:
+        self._turn = 0
+
+    def choose(
+        self, request: PlacementRequest, candidates: Sequence[WorkerSnapshot], rng: random.Random
+    ) -> Choice | None:
+        if not candidates:
+            return None
+        ordered = sorted(candidates, key=lambda w: w.worker_id)
+        worker = ordered[self._turn % len(ordered)]
+        self._turn += 1
+        return Choice(worker.worker_id, Route.LEAST_LOADED, "round robin")
+
+
+class RandomChoice:
+    NAME: ClassVar[str] = "random"
+
+    def choose(
+        self, request: PlacementRequest, candidates: Sequence[WorkerSnapshot], rng: random.Random
+    ) -> Choice | None:
+        if not candidates:
+            return None
+        worker = rng.choice(sorted(candidates, key=lambda w: w.worker_id))
+        return Choice(worker.worker_id, Route.LEAST_LOADED, "random")
+
+
+class LeastConnections:
+    NAME: ClassVar[str] = "least_connections"
+
+    def choose(
+        self, request: PlacementRequest, candidates: Sequence[WorkerSnapshot], rng: random.Random
+    ) -> Choice | None:
+        if not candidates:
+            return None
+        worker = min(candidates, key=lambda w: (w.load, w.worker_id))
+        return Choice(worker.worker_id, Route.LEAST_LOADED, f"fewest requests ({worker.load})")
