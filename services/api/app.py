@@ -17,7 +17,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
 from services.api.deps import GatewayState
-from services.api.routes import gpu_config, health, system
+from services.api.routes import gpu_config, health, inference, router_state, system
 from services.api.routes.system import NoInventoryYet
 from services.api.settings import ApiSettings
 from shared import __version__
@@ -108,6 +108,8 @@ def create_app(settings: ApiSettings, *, bus_factory: BusFactory = nats_bus_fact
     app.include_router(system.router)
     app.include_router(gpu_config.router)
     app.include_router(health.router)
+    app.include_router(router_state.router)
+    app.include_router(inference.router)
     metrics = http_metrics()
     tracer = trace.get_tracer("gpuplane.http")
 
@@ -157,7 +159,9 @@ def create_app(settings: ApiSettings, *, bus_factory: BusFactory = nats_bus_fact
             return JSONResponse({"detail": [_field_error(request, exc.field, exc.remote_message)]}, status_code=422)
         if exc.code == "conflict":
             return JSONResponse({"detail": exc.remote_message, **exc.context}, status_code=409)
-        status = {"bad_request": 422, "unavailable": 503, "internal": 500}.get(exc.code, 502)
+        if exc.code == "overloaded":
+            return _error(429, exc.remote_message, inference.retry_after(exc.context.get("retry_after_s"), retry))
+        status = {"bad_request": 422, "not_found": 404, "unavailable": 503, "internal": 500}.get(exc.code, 502)
         return _error(status, exc.remote_message, retry if status == 503 else None)
 
     @app.exception_handler(BusError)

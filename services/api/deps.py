@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
 from typing import Annotated
 
@@ -24,6 +25,8 @@ class GatewayState:
     read_model: ReadModel = field(default_factory=ReadModel)
     bus: Bus | None = None
     engine: Engine | None = None
+    instance: str = field(default_factory=lambda: uuid.uuid4().hex)
+    """This gateway process's token, e.g. in the subjects streamed answers come back on."""
 
     def record_inventory(self, inv: Inventory) -> None:
         """Keep ``inv`` if it is the newest of its host, and refresh the per-GPU gauges."""

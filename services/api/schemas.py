@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -130,3 +131,160 @@ class ApplyStatusOut(BaseModel):
     drift: list[Drift] = Field(description="Containers that do not run what the override says (changed by hand?).")
     compose: str = Field(description="The compose command, project and files the orchestrator runs.")
     problems: list[str] = Field(description="What stops an apply now; empty when an apply can run.")
+
+
+# --------------------------------------------------------------------------- inference (OpenAI-compatible)
+#
+# The /v1 bodies are checked by hand (routes/inference.py) so that a bad one gets OpenAI's error shape;
+# these models only document them in OpenAPI. Unknown fields pass through to the worker untouched.
+
+
+class GpuplaneFieldsIn(BaseModel):
+    """gpuplane's own fields, taken out of the body before it is forwarded."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str = Field(description="The model to run; GET /v1/models lists them.")
+    priority: str | None = Field(
+        default=None, description="high, normal (default) or low; also the X-Gpuplane-Priority header."
+    )
+    exclusive_gpu: str | None = Field(
+        default=None, description="Run alone on this GPU: cuda:N, or host/cuda:N where several hosts serve."
+    )
+
+
+class ChatCompletionIn(GpuplaneFieldsIn):
+    """Body of POST /v1/chat/completions (OpenAI's shape)."""
+
+    messages: list[dict[str, Any]] = Field(description="At least one message.")
+    stream: bool = Field(default=False, description="Answer with server-sent events.")
+
+
+class CompletionIn(GpuplaneFieldsIn):
+    """Body of POST /v1/completions (OpenAI's shape)."""
+
+    prompt: str | list[Any]
+    stream: bool = Field(default=False, description="Answer with server-sent events.")
+
+
+class EmbeddingIn(GpuplaneFieldsIn):
+    """Body of POST /v1/embeddings (OpenAI's shape); not streamed."""
+
+    input: str | list[str] = Field(description="One text or a non-empty list of texts.")
+
+
+class OpenAIErrorDetail(BaseModel):
+    message: str
+    type: str = Field(description="invalid_request_error, not_found_error, rate_limit_error or server_error.")
+    param: str | None = Field(description="The body field at fault, if one is.")
+    code: str | None = Field(description="gpuplane's reason for errors other than a bad field.")
+
+
+class OpenAIErrorOut(BaseModel):
+    """Errors on /v1 paths, in OpenAI's shape."""
+
+    error: OpenAIErrorDetail
+
+
+class ModelCardOut(BaseModel):
+    id: str
+    object: str = "model"
+    created: int = 0
+    owned_by: str = "gpuplane"
+    group: str = Field(description="The model group it is loaded with.")
+    kind: str = Field(description="chat, completion or embedding.")
+    loaded_on_devices: list[str] = Field(description="Devices where its group is loaded now.")
+
+
+class ModelListOut(BaseModel):
+    object: str = "list"
+    data: list[ModelCardOut]
+
+
+# --------------------------------------------------------------------------- router state (older clients)
+#
+# Device labels are cuda:N (or cpu), written host/cuda:N when the router's devices and workers span several hosts.
+
+
+class DeviceStatsOut(BaseModel):
+    utilization: float = Field(description="Percent.")
+    memory_used: float = Field(description="GB.")
+    memory_total: float = Field(description="GB.")
+    memory_percent: float
+    peak_utilization: float = Field(description="Percent.")
+
+
+class GpuStatsOut(BaseModel):
+    """GET /api/gpu_stats. The top-level figures repeat the first GPU's (older clients read only those);
+    they are null when no GPU is known (``available`` false)."""
+
+    available: bool
+    devices: dict[str, DeviceStatsOut]
+    utilization: float | None = None
+    memory_used: float | None = None
+    memory_total: float | None = None
+    memory_percent: float | None = None
+    peak_utilization: float | None = None
+
+
+class GroupDeviceOut(BaseModel):
+    device: str
+    has_group: bool = Field(description="A live worker on this device holds the group.")
+    is_current: bool = Field(description="A live worker on this device has it as its current group.")
+
+
+class GroupModelOut(BaseModel):
+    id: str
+    kind: str
+    small: bool
+    loaded_on_devices: list[str]
+
+
+class ModelGroupOut(BaseModel):
+    group_id: str
+    vram_gb: float
+    load_time_s: float
+    device_info: list[GroupDeviceOut] = Field(description="One per device the router's workers run on.")
+    models: list[GroupModelOut]
+
+
+class ModelGroupsOut(BaseModel):
+    """GET /api/models."""
+
+    model_groups: list[ModelGroupOut]
+
+
+class RouterQueueOut(BaseModel):
+    router: str = Field(description="The router instance that answered.")
+    policy: str
+    queued: dict[str, int] = Field(description="Requests waiting, by priority (high, normal, low).")
+    queue_limit: int
+    in_flight: int
+
+
+class WorkerQueueOut(BaseModel):
+    worker_id: str
+    host: str
+    device: str
+    state: str
+    slots: int
+    in_flight: int
+    queue_size: int
+    busy: bool = Field(description="in_flight > 0.")
+    groups_loaded: list[str]
+    current_group: str | None
+    latency_avg_s: float
+    error_count: int
+    request_count: int
+    alive: bool
+    gpu_healthy: bool
+    circuit: str = Field(description="closed, open or half_open.")
+    eligible: bool
+    why_not: str | None = Field(description="Why the router would not send it work now.")
+
+
+class QueueOut(BaseModel):
+    """GET /api/queue."""
+
+    router: RouterQueueOut
+    workers: list[WorkerQueueOut]

@@ -15,3 +15,8 @@ class ApiSettings(CommonSettings):
         default=10.0, gt=0, description="A service silent this long is reported down by /healthz."
     )
     retry_after_s: int = Field(default=5, ge=1, description="Retry-After sent with 503 and 504 answers.")
+    inference_timeout_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="How long the gateway waits for a router's answer to an inference request (queueing included).",
+    )
