@@ -5,11 +5,22 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from types import EllipsisType
 
 from services.detector.core import precision_support
 from services.planner.catalog import load_catalog
 from services.planner.core.model import GpuSlot, Pin, Precision, Problem, Role, ServiceSpec, mb
-from shared.contracts import Gpu, Inventory, InventoryChange, InventorySource
+from services.router.core.model import PlacementRequest, WorkerSnapshot
+from shared.contracts import (
+    Gpu,
+    InferenceKind,
+    Inventory,
+    InventoryChange,
+    InventorySource,
+    Priority,
+    WorkerState,
+    WorkerStatus,
+)
 
 FIXED_TIME = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 """A fixed instant, so builders never read the clock."""
@@ -188,4 +199,109 @@ def make_rtx3090(index: int = 0, *, nvlink_peers: tuple[int, ...] = (), healthy:
         nvlink_peers=nvlink_peers,
         healthy=healthy,
         health_reason=None if healthy else "NVML: GPU is lost",
+    )
+
+
+# --- Router ----------------------------------------------------------------------------------
+
+
+def make_worker_status(
+    worker_id: str = "w0",
+    *,
+    device: str = "cuda:0",
+    host: str = "box-a",
+    slots: int = 1,
+    in_flight: int = 0,
+    queue_depth: int = 0,
+    groups: tuple[str, ...] = (),
+    cpu_cached_groups: tuple[str, ...] = (),
+    current_group: str | None = None,
+    models: tuple[str, ...] = ("model-a",),
+    latency_avg_s: float = 0.0,
+    error_count: int = 0,
+    request_count: int = 0,
+    state: WorkerState = WorkerState.READY,
+    sequence: int = 1,
+    gpu_index: int | None | EllipsisType = ...,
+    exclusive_request: str | None = None,
+    backend: str = "simulated",
+) -> WorkerStatus:
+    """A worker's heartbeat at a fixed time; ``gpu_index`` follows from ``cuda:N`` (None on cpu) unless given."""
+    if isinstance(gpu_index, EllipsisType):
+        gpu_index = int(device.removeprefix("cuda:")) if device.startswith("cuda:") else None
+    return WorkerStatus(
+        worker_id=worker_id,
+        host=host,
+        device=device,
+        gpu_index=gpu_index,
+        backend=backend,
+        state=state,
+        slots=slots,
+        in_flight=in_flight,
+        queue_depth=queue_depth,
+        groups_loaded=groups,
+        current_group=current_group if current_group is not None else (groups[0] if groups else None),
+        cpu_cached_groups=cpu_cached_groups,
+        models=models,
+        latency_avg_s=latency_avg_s,
+        error_count=error_count,
+        request_count=request_count,
+        exclusive_request=exclusive_request,
+        sequence=sequence,
+        at=FIXED_TIME,
+    )
+
+
+def make_snapshot(
+    worker_id: str = "w0",
+    *,
+    host: str = "box-a",
+    device: str = "cuda:0",
+    slots: int = 1,
+    load: int = 0,
+    groups: tuple[str, ...] = (),
+    cpu_cached_groups: tuple[str, ...] = (),
+    latency_avg_s: float = 0.0,
+    error_rate: float = 0.0,
+    has_room: bool = True,
+) -> WorkerSnapshot:
+    """A worker as a routing policy sees it."""
+    return WorkerSnapshot(
+        worker_id=worker_id,
+        host=host,
+        device=device,
+        slots=slots,
+        load=load,
+        groups_loaded=frozenset(groups),
+        cpu_cached_groups=frozenset(cpu_cached_groups),
+        current_group=groups[0] if groups else None,
+        latency_avg_s=latency_avg_s,
+        error_rate=error_rate,
+        has_room=has_room,
+    )
+
+
+def make_placement_request(
+    model: str = "model-a",
+    *,
+    group: str = "group-a",
+    request_id: str = "r1",
+    kind: InferenceKind = InferenceKind.CHAT,
+    priority: Priority = Priority.NORMAL,
+    group_load_s: float = 5.0,
+    cpu_reload_fraction: float = 0.2,
+    expected_latency_s: float = 0.5,
+    avoid: Sequence[str] = (),
+) -> PlacementRequest:
+    """The facts placement looks at for one request of ``model`` (in ``group``)."""
+    return PlacementRequest(
+        request_id=request_id,
+        kind=kind,
+        model=model,
+        group=group,
+        priority=priority,
+        group_load_s=group_load_s,
+        cpu_reload_fraction=cpu_reload_fraction,
+        expected_latency_s=expected_latency_s,
+        avoid=frozenset(avoid),
     )

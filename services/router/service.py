@@ -92,6 +92,7 @@ class Pending:
     """A streamed chunk reached the client: the request can no longer be sent elsewhere."""
     relay_seq: int = 0
     last_wait: Wait | None = None
+    last_error: GpuplaneError | None = None
     waiting_since: float | None = None
     done: bool = False
 
@@ -358,6 +359,12 @@ class Router:
                 known_model=self.catalog.group_of(pending.placement.model) is not None,
             )
             self.metrics.placement_duration.observe(time.perf_counter() - started)
+            if isinstance(decision, Wait) and decision.stuck and pending.placement.avoid and pending.last_error:
+                # A retry with nowhere else to go: answer with the failure now rather than wait.
+                self.queue.remove(entry)
+                self.pools.release(pending.first.request_id)
+                pending.fail(pending.last_error)
+                continue
             if isinstance(decision, Wait):
                 pending.last_wait = decision
                 if decision.stuck:
@@ -529,6 +536,9 @@ class Router:
             pending.requeues += 1
         else:
             pending.failures += 1
+        pending.last_error = OperationFailed(
+            f"{pending.placement.model} failed on {worker} and no other worker can take it: {exc}"
+        )
         self.metrics.retries.labels("worker_lost" if lost else "failure").inc()
         self.pools.release(pending.first.request_id)
         avoid = set(pending.placement.avoid) | {worker}

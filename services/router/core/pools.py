@@ -99,9 +99,11 @@ class Pools:
                     f"{inv.host} cuda:{gpu.index} is {'healthy again' if gpu.healthy else 'unhealthy'}"
                     + (f" ({gpu.health_reason})" if gpu.health_reason else "")
                 )
+        gone = (False, "the detector no longer sees it")
         for key in [k for k in self.gpu_health if k[0] == inv.host and k not in seen]:
-            self.gpu_health[key] = (False, "the detector no longer sees it")
-            changes.append(f"{key[0]} cuda:{key[1]} disappeared")
+            if self.gpu_health[key] != gone:
+                self.gpu_health[key] = gone
+                changes.append(f"{key[0]} cuda:{key[1]} disappeared")
         return changes
 
     def expired(self, now: float) -> list[str]:
@@ -224,21 +226,29 @@ class Pools:
             route = Route.RETRY if request.avoid else choice.route
             reason = f"{choice.reason}; earlier attempt failed" if request.avoid else choice.reason
             return Placement(choice.worker_id, route, reason)
-        if not gpu_ok:
+        retry_exhausted = bool(gpu_ok) and all(r.status.worker_id in request.avoid for r in gpu_ok)
+        if not gpu_ok or retry_exhausted:
             fallback = self._cpu_fallback(request, serving, now)
             if fallback is not None:
                 return fallback
-        return Wait(tuple(reasons), stuck=not gpu_ok)
+        if retry_exhausted:
+            reasons.append(f"every worker up that serves {request.model} failed this request already")
+        return Wait(tuple(reasons), stuck=not gpu_ok or retry_exhausted)
 
     def _cpu_fallback(self, request: PlacementRequest, serving: Iterable[WorkerRecord], now: float) -> Placement | None:
         cpus = [
             r
             for r in serving
-            if r.status.device == CPU_DEVICE and self.why_not(r, now) is None and self.room(r)
+            if r.status.device == CPU_DEVICE
+            and self.why_not(r, now) is None
+            and self.room(r)
+            and r.status.worker_id not in request.avoid
         ]
         if not cpus:
             return None
         record = min(cpus, key=lambda r: (r.load(), r.status.worker_id))
+        if request.avoid:
+            return Placement(record.status.worker_id, Route.RETRY, "earlier attempt failed; small model on CPU")
         return Placement(record.status.worker_id, Route.CPU_FALLBACK, "no healthy GPU worker; small model on CPU")
 
     def resolve_device(self, label: str) -> DeviceKey | Infeasible:
@@ -271,7 +281,7 @@ class Pools:
         reasons = []
         for record in on_device:
             why = self.why_not(record, now)
-            if why is not None and not why.startswith("GPU held exclusively for request " + request.request_id):
+            if why is not None and why != f"GPU held exclusively for request {request.request_id}":
                 reasons.append(f"{record.status.worker_id}: {why}")
             elif not self.serves(record, request):
                 reasons.append(f"{record.status.worker_id}: cannot load {request.group}")
@@ -315,6 +325,9 @@ class Pools:
         record.outstanding = max(0, record.outstanding - 1)
         if record.sent_since_status > 0:
             record.sent_since_status -= 1
+        if ok is None:
+            # The client's own error says nothing about the worker: a probe that got one is void.
+            record.circuit.probing = False
         if ok is True and record.circuit.on_success():
             return f"circuit of {worker_id} closed again"
         if ok is False and record.circuit.on_failure(now):

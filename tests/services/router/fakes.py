@@ -88,12 +88,13 @@ class FakeWorker:
                     await asyncio.sleep(self.latency_s / 3)
             else:
                 await asyncio.sleep(self.latency_s)
-            while self.hang:
-                await asyncio.sleep(0.05)
+            if self.hang:
+                await asyncio.Event().wait()
             if self.fail:
                 raise OperationFailed(f"{self.worker_id} failed on purpose")
             if task.stream_subject is not None:
-                await self.bus.publish(task.stream_subject, StreamChunk(request_id=task.request_ids[0], seq=3, done=True))
+                done = StreamChunk(request_id=task.request_ids[0], seq=3, done=True)
+                await self.bus.publish(task.stream_subject, done)
             if task.group not in self.groups:
                 self.groups = (*self.groups, task.group)
             return WorkerResult(
