@@ -43,6 +43,18 @@ SERVICE_FLAGS: dict[str, dict[str, tuple[str, type, str]]] = {
         "--config-dir": ("config_dir", Path, "where docker-compose.gpu-override.yml is written (default config)"),
     },
     "router": {},
+    "worker": {
+        "--gpu": ("gpu", int, "serve GPU N of this host (shorthand for --device cuda:N)"),
+        "--device": ("device", str, "cuda:N or cpu"),
+        "--backend": ("backend", str, "simulated (default) or openai"),
+        "--upstream-url": ("upstream_url", str, "openai backend: e.g. http://127.0.0.1:8000/v1"),
+        "--worker-id": ("worker_id", str, "default <host>-cuda<N> or <host>-cpu"),
+        "--slots": ("slots", int, "requests run at once (default from VRAM: 1, 2 or 3)"),
+        "--default-group": ("default_group", str, "model group loaded at start"),
+        "--model-groups-file": ("model_groups_file", Path, "model-group catalog (default config/model_groups.yml)"),
+        "--speed": ("speed", float, "simulated speed factor (default from the GPU)"),
+        "--vram-mb": ("vram_mb", int, "VRAM of the device (default from the inventory)"),
+    },
     "api": {
         "--http-port": ("http_port", int, "port to listen on"),
         "--http-host": ("http_host", str, "address to listen on"),
@@ -91,6 +103,11 @@ def _run_service(name: str, args: argparse.Namespace) -> int:
         from services.router.settings import RouterSettings
 
         router_main(RouterSettings(**overrides))
+    elif name == "worker":
+        from services.worker.main import main as worker_main
+        from services.worker.settings import WorkerSettings
+
+        worker_main(WorkerSettings(**overrides))
     elif name == "api":
         from services.api.main import main as api_main
         from services.api.settings import ApiSettings

@@ -291,6 +291,7 @@ def make_placement_request(
     group_load_s: float = 5.0,
     cpu_reload_fraction: float = 0.2,
     expected_latency_s: float = 0.5,
+    small: bool = True,
     avoid: Sequence[str] = (),
 ) -> PlacementRequest:
     """The facts placement looks at for one request of ``model`` (in ``group``)."""
@@ -303,5 +304,6 @@ def make_placement_request(
         group_load_s=group_load_s,
         cpu_reload_fraction=cpu_reload_fraction,
         expected_latency_s=expected_latency_s,
+        small=small,
         avoid=frozenset(avoid),
     )

@@ -294,6 +294,7 @@ class Router:
             group_load_s=group.load_time_s if group else 5.0,
             cpu_reload_fraction=self.catalog.cpu_reload_fraction,
             expected_latency_s=model.latency_s if model else 0.5,
+            small=model.small if model else False,
             avoid=frozenset(avoid),
         )
 

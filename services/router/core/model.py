@@ -51,6 +51,8 @@ class PlacementRequest:
     cpu_reload_fraction: float = 0.2
     expected_latency_s: float = 0.5
     """The catalog's guess for one request, used for workers that have not measured any yet."""
+    small: bool = False
+    """Marked small in the catalog: may fall back to a CPU worker."""
     avoid: frozenset[str] = frozenset()
     """Workers that already failed this request (a retry goes elsewhere)."""
 

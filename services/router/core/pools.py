@@ -236,6 +236,8 @@ class Pools:
         return Wait(tuple(reasons), stuck=not gpu_ok or retry_exhausted)
 
     def _cpu_fallback(self, request: PlacementRequest, serving: Iterable[WorkerRecord], now: float) -> Placement | None:
+        if not request.small:
+            return None
         cpus = [
             r
             for r in serving

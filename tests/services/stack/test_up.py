@@ -68,7 +68,7 @@ def wait_until(predicate, timeout_s: float, what: str, stack: Stack | None = Non
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what}\n{tail}")
 
 
-def launch(root: Path, http_port: int, nats_port: int) -> Stack:
+def launch(root: Path, http_port: int, nats_port: int, extra_env: dict[str, str] | None = None) -> Stack:
     """Start `gpuplane up` from the repository as a user would, with its state under ``root``."""
     env = {
         **os.environ,
@@ -78,6 +78,7 @@ def launch(root: Path, http_port: int, nats_port: int) -> Stack:
         "GPUPLANE_CONFIG_DIR": str(root / "config"),
         "GPUPLANE_METRICS_BASE_PORT": "0",
         "PYTHONUNBUFFERED": "1",
+        **(extra_env or {}),
     }
     # No GPUPLANE_FLEET: like `make up` on a machine without GPUs, it must fall back to the
     # reference fleet on its own and say so.

@@ -257,6 +257,13 @@ def test_cpu_fallback_ignores_the_policy() -> None:
     assert policy.seen == []
 
 
+def test_no_cpu_fallback_for_a_model_not_marked_small() -> None:
+    pools = pools_of(gpu("w0"), cpu())
+    sick(pools, 0)
+    decision = place(pools, make_placement_request(MODEL, group=GROUP, small=False))
+    assert isinstance(decision, Wait) and decision.stuck
+
+
 def test_cpu_fallback_retry_goes_elsewhere() -> None:
     pools = pools_of(cpu("cpu-a"), cpu("cpu-b"))
     request = make_placement_request(MODEL, group=GROUP, avoid=("cpu-a",))

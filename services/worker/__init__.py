@@ -1,0 +1,1 @@
+"""gpuplane worker: inference on one device (``cuda:N`` or ``cpu``)."""

@@ -1,0 +1,96 @@
+"""What every inference backend offers the worker's shell, and what it is built from."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+from services.worker.core.device import DeviceProfile
+from services.worker.core.status import BackendState
+from shared.contracts import WorkerTask
+from shared.modelgroups import ModelCatalog
+
+ChunkSink = Callable[[dict[str, Any]], Awaitable[None]]
+"""Takes one OpenAI chunk object of a streamed answer; the shell numbers and publishes it."""
+
+
+def _no_change() -> None:
+    """Default change listener: nobody to tell."""
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    """A group made current: whether that took a load, and from where."""
+
+    group: str
+    loaded: bool = False
+    from_cpu_cache: bool = False
+    load_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    """Everything a backend may need; each takes what it uses."""
+
+    worker_id: str
+    host: str
+    profile: DeviceProfile
+    catalog: ModelCatalog
+    max_cpu_cached: int = 2
+    latency_jitter: float = 0.0
+    fail_rate: float = 0.0
+    seed: int | None = None
+    upstream_url: str | None = None
+    upstream_timeout_s: float = 600.0
+    upstream_api_key: str | None = None
+    upstream_models_interval_s: float = 30.0
+    on_change: Callable[[], None] = field(default=_no_change)
+    """Called when what the backend holds changes (a group loaded, the upstream's models)."""
+    on_load: Callable[[LoadResult], None] = field(default=lambda _: None)
+    """Called when a group load has finished."""
+    wall_clock: Callable[[], float] = field(default=time.time)
+    """Unix time for the ``created`` fields of answers."""
+
+
+@dataclass(frozen=True)
+class Execution:
+    """A task's answer: one body per request (``{}`` for a streamed one) and what it took."""
+
+    bodies: tuple[dict[str, Any], ...]
+    load: LoadResult
+    service_s: float
+
+
+class InferenceBackend(Protocol):
+    """Runs tasks on the worker's device. Errors are typed: ``NotFound`` for a model this worker
+    cannot serve, ``InvalidRequest`` for a request the model rejects, ``OperationFailed`` else."""
+
+    NAME: ClassVar[str]
+
+    async def start(self) -> None:
+        """Get ready (e.g. ask the upstream what it serves); must not fail for a slow upstream."""
+        ...
+
+    async def maintain(self) -> None:
+        """A background loop the shell runs for the backend's lifetime (may return at once)."""
+        ...
+
+    async def close(self) -> None: ...
+
+    def group_for(self, model: str) -> str:
+        """The group ``model`` loads with; ``NotFound`` if this worker cannot serve it."""
+        ...
+
+    def check_group(self, group: str) -> None:
+        """``ConfigError`` if ``group`` (a default group to preload) cannot be loaded here."""
+        ...
+
+    async def preload(self, group: str) -> LoadResult: ...
+
+    async def execute(self, task: WorkerTask, emit: ChunkSink | None) -> Execution:
+        """Serve the task; with ``emit`` (streaming) the answer goes out as chunks and bodies are ``({},)``."""
+        ...
+
+    def state(self) -> BackendState: ...

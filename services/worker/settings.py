@@ -1,0 +1,124 @@
+"""Settings of the worker service.
+
+Besides the ``GPUPLANE_*`` names, a few settings also read the bare names the reference setup
+used (``DEVICES``, ``DEVICE``, ``NUM_WORKERS_PER_GPU``, ``DEFAULT_GROUP``, ``LAZY_LOAD_MODEL``,
+``MAX_CPU_CACHED_MODELS``); the ``GPUPLANE_*`` name wins when both are set.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic_settings import SettingsConfigDict
+
+from services.worker.core.device import default_slots, default_worker_id, parse_devices
+from shared.errors import ConfigError
+from shared.settings import CommonSettings
+
+__all__ = ["WorkerSettings", "default_slots", "parse_devices"]
+
+
+def _names(field: str, *bare: str) -> AliasChoices:
+    """The env names of a setting: ``GPUPLANE_<FIELD>`` first, then the reference setup's bare ones."""
+    return AliasChoices(f"GPUPLANE_{field.upper()}", *bare)
+
+
+class WorkerSettings(CommonSettings):
+    model_config = SettingsConfigDict(env_prefix="GPUPLANE_", extra="ignore", frozen=True, populate_by_name=True)
+
+    device: str | None = Field(
+        default=None,
+        validation_alias=_names("device", "DEVICE"),
+        description="The device this worker serves: cuda:N (the detector's GPU index) or cpu.",
+    )
+    devices: str | None = Field(
+        default=None,
+        validation_alias=_names("devices", "DEVICES"),
+        description="Several devices, comma-separated (cuda:0,cuda:1): one worker process each.",
+    )
+    gpu: int | None = Field(default=None, ge=0, description="Shorthand for device cuda:N.")
+    backend: str = Field(default="simulated", description="simulated or openai.")
+    worker_id: str | None = Field(default=None, description="Default: <host_name>-cuda<N> or <host_name>-cpu.")
+    slots: int | None = Field(
+        default=None,
+        ge=1,
+        le=64,
+        validation_alias=_names("slots", "NUM_WORKERS_PER_GPU", "GPUPLANE_NUM_WORKERS_PER_GPU"),
+        description="Requests run at once; default from VRAM: under 12 GB 1, under 20 GB 2, else 3 (cpu 1).",
+    )
+    default_group: str | None = Field(
+        default=None,
+        validation_alias=_names("default_group", "DEFAULT_GROUP"),
+        description="Model group loaded at start (others load on demand).",
+    )
+    lazy_load_model: bool = Field(
+        default=False,
+        validation_alias=_names("lazy_load_model", "LAZY_LOAD_MODEL"),
+        description="Load the default group on first use instead of at start.",
+    )
+    max_cpu_cached_models: int = Field(
+        default=2,
+        ge=0,
+        validation_alias=_names("max_cpu_cached_models", "MAX_CPU_CACHED_MODELS"),
+        description="Groups evicted from VRAM kept in CPU memory (LRU) for a cheaper reload.",
+    )
+    model_groups_file: Path = Field(default=Path("config/model_groups.yml"), description="The model-group catalog.")
+    speed: float | None = Field(
+        default=None, gt=0, le=100, description="Simulated speed factor; default from the GPU's SMs x clock."
+    )
+    vram_mb: int | None = Field(
+        default=None, ge=1, description="VRAM of the device; default from the inventory (simulated cpu: 16384)."
+    )
+    status_interval_s: float = Field(default=1.0, gt=0, description="Heartbeat status at least this often.")
+    status_min_interval_s: float = Field(
+        default=0.05, ge=0, description="After a change, a status goes out at most this often."
+    )
+    inventory_wait_s: float = Field(default=10.0, ge=0, description="How long to wait for the detector's inventory.")
+    upstream_url: str | None = Field(
+        default=None, description="openai backend: the OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1."
+    )
+    upstream_timeout_s: float = Field(default=600.0, gt=0, description="openai backend: per-request timeout.")
+    upstream_api_key: str | None = Field(default=None, description="openai backend: bearer token, if needed.")
+    upstream_models_interval_s: float = Field(
+        default=30.0, gt=0, description="openai backend: ask the upstream for its models this often."
+    )
+    latency_jitter: float = Field(
+        default=0.2, ge=0, le=3, description="Simulated: sigma of the lognormal noise on service times."
+    )
+    fail_rate: float = Field(default=0.0, ge=0, le=1, description="Simulated: fraction of tasks that fail.")
+    seed: int | None = Field(default=None, description="Simulated: random seed (unset: different every run).")
+    task_concurrency_limit: int = Field(
+        default=256, ge=1, description="Tasks accepted at once (running and queued); more wait in NATS."
+    )
+
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, value: str) -> str:
+        from services.worker.backends import BACKEND_NAMES, unknown_backend_message
+
+        if value not in BACKEND_NAMES:
+            raise ValueError(unknown_backend_message(value))
+        return value
+
+    @model_validator(mode="after")
+    def _devices_valid(self) -> WorkerSettings:
+        parse_devices(self.devices, self.single_device())
+        return self
+
+    def single_device(self) -> str | None:
+        """The one device named by ``gpu`` or ``device``; ``ConfigError`` if they disagree."""
+        from_gpu = f"cuda:{self.gpu}" if self.gpu is not None else None
+        if from_gpu and self.device and parse_devices(None, self.device) != (from_gpu,):
+            raise ConfigError(f"--gpu {self.gpu} and device {self.device!r} name different devices; give one")
+        return from_gpu or self.device
+
+    def device_list(self) -> tuple[str, ...]:
+        """Every device to serve (one unless ``DEVICES`` lists several); ``ConfigError`` when none."""
+        found = parse_devices(self.devices, self.single_device())
+        if not found:
+            raise ConfigError("no device to serve: give --gpu N or --device cuda:N|cpu (or set DEVICES)")
+        return found
+
+    def worker_id_for(self, device: str) -> str:
+        return self.worker_id or default_worker_id(self.host_name, device)
