@@ -216,7 +216,7 @@ class Router:
 
     async def _on_status(self, status: WorkerStatus, _: Delivery) -> None:
         known = status.worker_id in self.pools.workers
-        stopped = self.pools.on_status(status, self.clock())
+        lost = self.pools.on_status(status, self.clock())
         if not known:
             log.info(
                 "worker %s registered: %s on %s, %d slot(s), groups %s",
@@ -226,9 +226,9 @@ class Router:
                 status.slots,
                 ", ".join(status.groups_loaded) or "none",
             )
-        if stopped:
-            log.info("worker %s stopped", status.worker_id)
-            self._worker_lost(status.worker_id, "it stopped")
+        if lost is not None:
+            log.info("worker %s: %s", status.worker_id, lost)
+            self._worker_lost(status.worker_id, lost)
         self.pump()
 
     async def _on_inventory(self, inv: Inventory, _: Delivery) -> None:
@@ -282,7 +282,7 @@ class Router:
         self.pump()
         return await future
 
-    def _placement_request(self, request: InferenceRequest, avoid: list[str]) -> PlacementRequest:
+    def _placement_request(self, request: InferenceRequest, avoid: list[str], attempt: int = 1) -> PlacementRequest:
         group = self.catalog.group_of(request.model)
         model = self.catalog.model(request.model)
         return PlacementRequest(
@@ -296,6 +296,7 @@ class Router:
             expected_latency_s=model.latency_s if model else 0.5,
             small=model.small if model else False,
             avoid=frozenset(avoid),
+            attempt=attempt,
         )
 
     def _check_room(self, extra: int) -> None:
@@ -533,17 +534,21 @@ class Router:
                 )
             )
             return
+        avoid = set(pending.placement.avoid)
         if lost:
+            # Not avoided: the supervisor may bring the same worker back as a new process.
             pending.requeues += 1
         else:
             pending.failures += 1
-        pending.last_error = OperationFailed(
-            f"{pending.placement.model} failed on {worker} and no other worker can take it: {exc}"
-        )
+            avoid.add(worker)
+            pending.last_error = OperationFailed(
+                f"{pending.placement.model} failed on {worker} and no other worker can take it: {exc}"
+            )
         self.metrics.retries.labels("worker_lost" if lost else "failure").inc()
         self.pools.release(pending.first.request_id)
-        avoid = set(pending.placement.avoid) | {worker}
-        pending.placement = self._placement_request(pending.first, sorted(avoid))
+        pending.placement = self._placement_request(
+            pending.first, sorted(avoid), attempt=pending.failures + pending.requeues + 1
+        )
         log.warning("request %s failed on %s (%s); sending it to another worker", pending.first.request_id, worker, exc)
         self._enqueue(pending, front=True)
 

@@ -55,6 +55,8 @@ class PlacementRequest:
     """Marked small in the catalog: may fall back to a CPU worker."""
     avoid: frozenset[str] = frozenset()
     """Workers that already failed this request (a retry goes elsewhere)."""
+    attempt: int = 1
+    """Above 1 the request was sent before (its worker failed or died): the route says ``retry``."""
 
 
 @dataclass(frozen=True)

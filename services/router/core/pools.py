@@ -71,11 +71,15 @@ class Pools:
 
     # ------------------------------------------------------------------ inputs
 
-    def on_status(self, status: WorkerStatus, now: float) -> bool:
-        """Record a worker's status; True when it says the worker has stopped."""
+    def on_status(self, status: WorkerStatus, now: float) -> str | None:
+        """Record a worker's status. Returns why the tasks it had are lost, if they are: it stopped, or
+        it restarted (its statuses come in order over one connection, so a lower sequence is a new process)."""
         record = self.workers.get(status.worker_id)
-        if record is not None and status.sequence < record.status.sequence and status.state is not WorkerState.STARTING:
-            return False  # an older status overtaken by a newer one
+        lost: str | None = None
+        if record is not None and status.sequence < record.status.sequence:
+            lost = "it restarted"
+        if status.state is WorkerState.STOPPED:
+            lost = "it stopped"
         if record is None:
             record = self.workers[status.worker_id] = WorkerRecord(
                 status, now, CircuitBreaker(self.settings.failure_threshold, self.settings.reset_s)
@@ -83,7 +87,7 @@ class Pools:
         record.status = status
         record.seen_at = now
         record.sent_since_status = 0
-        return status.state is WorkerState.STOPPED
+        return lost
 
     def on_inventory(self, inv: Inventory) -> list[str]:
         """Take GPU health from a detector; returns the changes, in words."""
@@ -223,8 +227,9 @@ class Pools:
             choice = policy.choose(request, candidates, rng)
             if choice is None:
                 return Wait(tuple(reasons) or ("the policy waits for a better worker",))
-            route = Route.RETRY if request.avoid else choice.route
-            reason = f"{choice.reason}; earlier attempt failed" if request.avoid else choice.reason
+            retry = request.attempt > 1 or bool(request.avoid)
+            route = Route.RETRY if retry else choice.route
+            reason = f"{choice.reason}; earlier attempt failed" if retry else choice.reason
             return Placement(choice.worker_id, route, reason)
         retry_exhausted = bool(gpu_ok) and all(r.status.worker_id in request.avoid for r in gpu_ok)
         if not gpu_ok or retry_exhausted:
@@ -249,7 +254,7 @@ class Pools:
         if not cpus:
             return None
         record = min(cpus, key=lambda r: (r.load(), r.status.worker_id))
-        if request.avoid:
+        if request.attempt > 1 or request.avoid:
             return Placement(record.status.worker_id, Route.RETRY, "earlier attempt failed; small model on CPU")
         return Placement(record.status.worker_id, Route.CPU_FALLBACK, "no healthy GPU worker; small model on CPU")
 

@@ -279,3 +279,24 @@ async def test_state_describes_workers_devices_and_groups(memory_bus: MemoryBus,
     assert [d.device for d in state.devices] == ["cuda:0", "cuda:1"]
     assert {g.group_id for g in state.groups} == {"ga", "gb", "ge", "gt"}
     assert state.queued == {"high": 0, "normal": 0, "low": 0}
+
+
+async def test_a_worker_that_restarts_mid_request_loses_nothing(memory_bus: MemoryBus, router: Router) -> None:
+    """A supervisor restarts a killed worker under the same id before it is missed: its lower status
+    sequence tells the router that the tasks the old process had are gone."""
+    slow, _ = await workers(
+        memory_bus,
+        {"worker_id": "w0", "device": "cuda:0", "groups": ("ga",), "latency_s": 5.0},
+        {"worker_id": "w1", "device": "cuda:1"},
+    )
+    pending = asyncio.create_task(ask(memory_bus, "chat-a"))
+    for _ in range(100):
+        if slow.tasks:
+            break
+        await asyncio.sleep(0.01)
+    slow.hang = True
+    slow.sequence = 0
+    await slow.publish()
+    slow.hang, slow.latency_s = False, 0.01  # the new process serves
+    result = await asyncio.wait_for(pending, 2)
+    assert (result.route, result.attempts) == (Route.RETRY, 2)

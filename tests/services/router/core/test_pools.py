@@ -41,7 +41,7 @@ def test_device_label(host: str, device: str, many: bool, label: str) -> None:
 
 def test_first_status_registers_the_worker() -> None:
     pools = Pools(PoolSettings(failure_threshold=2, reset_s=7.0))
-    assert pools.on_status(make_worker_status("w0"), 1.0) is False
+    assert pools.on_status(make_worker_status("w0"), 1.0) is None
     rec = record(pools)
     assert rec.seen_at == 1.0
     assert (rec.circuit.failure_threshold, rec.circuit.reset_s) == (2, 7.0)
@@ -50,31 +50,28 @@ def test_first_status_registers_the_worker() -> None:
 
 def test_stopped_status_says_so() -> None:
     pools = pools_of(make_worker_status(sequence=1))
-    assert pools.on_status(make_worker_status(sequence=2, state=WorkerState.STOPPED), 1.0) is True
+    assert pools.on_status(make_worker_status(sequence=2, state=WorkerState.STOPPED), 1.0) == "it stopped"
     assert record(pools).status.state is WorkerState.STOPPED
 
 
 @pytest.mark.parametrize(
-    ("second_sequence", "second_state", "taken"),
+    ("second_sequence", "second_state", "lost"),
     [
-        pytest.param(6, WorkerState.READY, True, id="newer"),
-        pytest.param(5, WorkerState.READY, True, id="same-sequence"),
-        pytest.param(4, WorkerState.READY, False, id="older-dropped"),
-        pytest.param(4, WorkerState.DRAINING, False, id="older-draining-dropped"),
-        pytest.param(4, WorkerState.STOPPED, False, id="older-stopped-dropped"),
-        pytest.param(0, WorkerState.STARTING, True, id="restart-resets-sequence"),
+        pytest.param(6, WorkerState.READY, None, id="newer"),
+        pytest.param(5, WorkerState.READY, None, id="same-sequence"),
+        pytest.param(4, WorkerState.READY, "it restarted", id="lower-is-a-new-process"),
+        pytest.param(0, WorkerState.STARTING, "it restarted", id="restart-resets-sequence"),
+        pytest.param(4, WorkerState.STOPPED, "it stopped", id="stopped"),
     ],
 )
-def test_status_ordering_by_sequence(second_sequence: int, second_state: WorkerState, taken: bool) -> None:
+def test_status_sequence_tells_a_restart(second_sequence: int, second_state: WorkerState, lost: str | None) -> None:
     pools = pools_of(make_worker_status(sequence=5, in_flight=1))
     pools.on_sent("w0", 0.5)
     newer = make_worker_status(sequence=second_sequence, state=second_state, in_flight=0)
-    stopped = pools.on_status(newer, 2.0)
+    assert pools.on_status(newer, 2.0) == lost
     rec = record(pools)
-    assert stopped is False
-    assert (rec.status is newer) is taken
-    assert rec.seen_at == (2.0 if taken else 0.0)
-    assert rec.sent_since_status == (0 if taken else 1)
+    assert rec.status is newer
+    assert (rec.seen_at, rec.sent_since_status) == (2.0, 0)
 
 
 # --------------------------------------------------------------------------- alive / why_not
