@@ -229,6 +229,8 @@ class Router:
         if lost is not None:
             log.info("worker %s: %s", status.worker_id, lost)
             self._worker_lost(status.worker_id, lost)
+            if lost == "it restarted":
+                self.pools.forget_failures(status.worker_id)
         self.pump()
 
     async def _on_inventory(self, inv: Inventory, _: Delivery) -> None:
@@ -342,25 +344,27 @@ class Router:
         if not len(self.queue):
             return
         now = self.clock()
-        waiting: set[tuple[str, str | None]] = set()
+        waiting: dict[tuple[str, str | None], Wait] = {}
         for entry in list(self.queue):
             pending = entry.item
             if pending.done:
                 self.queue.remove(entry)
                 continue
             key = (pending.placement.model, pending.exclusive_gpu)
+            decision: Placement | Wait | Infeasible
             if key in waiting and not pending.placement.avoid:
-                continue  # an identical request found no room a moment ago
-            started = time.perf_counter()
-            decision = self.pools.place(
-                pending.placement,
-                now,
-                self.policy,
-                self.rng,
-                exclusive_gpu=pending.exclusive_gpu,
-                known_model=self.catalog.group_of(pending.placement.model) is not None,
-            )
-            self.metrics.placement_duration.observe(time.perf_counter() - started)
+                decision = waiting[key]  # an identical request found no room a moment ago
+            else:
+                started = time.perf_counter()
+                decision = self.pools.place(
+                    pending.placement,
+                    now,
+                    self.policy,
+                    self.rng,
+                    exclusive_gpu=pending.exclusive_gpu,
+                    known_model=self.catalog.group_of(pending.placement.model) is not None,
+                )
+                self.metrics.placement_duration.observe(time.perf_counter() - started)
             if isinstance(decision, Wait) and decision.stuck and pending.placement.avoid and pending.last_error:
                 # A retry with nowhere else to go: answer with the failure now rather than wait.
                 self.queue.remove(entry)
@@ -373,7 +377,7 @@ class Router:
                     pending.waiting_since = pending.waiting_since or now
                 else:
                     pending.waiting_since = None
-                waiting.add(key)
+                waiting.setdefault(key, decision)
                 continue
             self.queue.remove(entry)
             if isinstance(decision, Infeasible):
@@ -460,7 +464,8 @@ class Router:
             try:
                 result = await self._call(out, task)
             except WorkerLost as exc:
-                self.pools.on_done(placement.worker_id, self.clock(), ok=False)
+                # A dead process says nothing about the next one under its name: no circuit failure.
+                self.pools.on_done(placement.worker_id, self.clock(), ok=None)
                 self._failed(pending, placement, exc, lost=True)
                 return
             except RemoteError as exc:

@@ -24,6 +24,7 @@ from services.stack.supervisor import Backoff, ProcessSpec, Supervisor
 from shared.contracts import Inventory, InventorySource, ServiceName
 from shared.database import redact
 from shared.errors import BusError, ConfigError, GpuplaneError
+from shared.modelgroups import load_model_catalog
 from shared.subjects import INVENTORY_ALL
 
 log = logging.getLogger("gpuplane.up")
@@ -401,6 +402,7 @@ async def run_stack(settings: StackSettings) -> int:
         if fleet.fleet is not None and settings.fleet is None:
             log.warning("NO GPU FOUND: simulating the fleet in %s (%s)", fleet.fleet, fleet.reason)
         catalog = await asyncio.to_thread(check_catalog)
+        load_model_catalog(_project_file(settings.model_groups_file))
         metrics = _check_ports(settings)
 
         if settings.nats_url:

@@ -210,6 +210,8 @@ class Pools:
             if record.status.device == CPU_DEVICE:
                 continue
             why = self.why_not(record, now)
+            if why is not None and why.startswith("GPU held exclusively"):
+                gpu_ok.append(record)  # busy, not broken: the request waits for it without a deadline
             if why is None:
                 gpu_ok.append(record)
                 if record.status.worker_id in request.avoid:
@@ -320,6 +322,12 @@ class Pools:
         if exclusive_for is not None:
             self.reserved.pop(record.key, None)
             self.held[record.key] = exclusive_for
+
+    def forget_failures(self, worker_id: str) -> None:
+        """A new process under an old name starts with a closed circuit."""
+        record = self.workers.get(worker_id)
+        if record is not None:
+            record.circuit = CircuitBreaker(self.settings.failure_threshold, self.settings.reset_s)
 
     def on_done(self, worker_id: str, now: float, *, ok: bool | None) -> str | None:
         """Record an answer (``ok`` None: the client's own error, neither success nor failure).

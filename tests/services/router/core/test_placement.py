@@ -503,3 +503,12 @@ def test_on_sent_without_exclusive_leaves_reservations() -> None:
     pools.reserved[DEV] = "rx"
     pools.on_sent("w0", 0.0)
     assert (pools.reserved, pools.held) == ({DEV: "rx"}, {})
+
+
+def test_a_request_only_a_held_gpu_serves_waits_without_a_deadline() -> None:
+    """Busy, not broken: the router must not give up on it while an exclusive request runs."""
+    pools = pools_of(gpu("w0", 0))
+    pools.held[("box-a", "cuda:0")] = "rx"
+    decision = place(pools)
+    assert isinstance(decision, Wait) and not decision.stuck
+    assert any("held exclusively for request rx" in r for r in decision.reasons)
