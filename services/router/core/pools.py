@@ -216,10 +216,13 @@ class Pools:
                 gpu_ok.append(record)
                 if record.status.worker_id in request.avoid:
                     why = "failed this request already"
-                elif not self.room(record):
-                    why = f"full ({record.load()} requests for {record.status.slots} slots)"
             if why is None:
+                # Full workers stay in view: a policy may rather wait for the one that holds the group.
                 candidates.append(self.snapshot(record))
+                if not self.room(record):
+                    reasons.append(
+                        f"{record.status.worker_id}: full ({record.load()} requests for {record.status.slots} slots)"
+                    )
             else:
                 reasons.append(f"{record.status.worker_id}: {why}")
         if not serving:
@@ -227,8 +230,10 @@ class Pools:
 
         if candidates:
             choice = policy.choose(request, candidates, rng)
-            if choice is None:
-                return Wait(tuple(reasons) or ("the policy waits for a better worker",))
+            chosen = next((c for c in candidates if choice is not None and c.worker_id == choice.worker_id), None)
+            if choice is None or chosen is None or not chosen.has_room:
+                why_wait = f"waits for {choice.worker_id} ({choice.reason})" if choice is not None else "no room"
+                return Wait((*reasons, why_wait))
             retry = request.attempt > 1 or bool(request.avoid)
             route = Route.RETRY if retry else choice.route
             reason = f"{choice.reason}; earlier attempt failed" if retry else choice.reason

@@ -11,8 +11,9 @@ from services.router.core.model import Choice, PlacementRequest, WorkerSnapshot
 
 class RoutingPolicy(Protocol):
     """Picks one worker among candidates the core has already filtered (alive, healthy GPU, circuit
-    closed, serves the model, has room). Pure: the same inputs and ``rng`` state give the same pick.
-    Returning None keeps the request queued."""
+    closed, serves the model). Candidates without room (``has_room`` False) are shown too: picking one
+    keeps the request queued in the router until that worker has room, as does returning None.
+    Pure: the same inputs and ``rng`` state give the same pick."""
 
     NAME: ClassVar[str]
 

@@ -1,4 +1,5 @@
-"""Classic load balancers, for comparison and for users who want them: they ignore groups and speed."""
+"""Classic load balancers, for comparison and for users who want them: they ignore groups and speed,
+and take any worker with room rather than wait for a better one."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ class RoundRobin:
     def choose(
         self, request: PlacementRequest, candidates: Sequence[WorkerSnapshot], rng: random.Random
     ) -> Choice | None:
+        candidates = [w for w in candidates if w.has_room]
         if not candidates:
             return None
         ordered = sorted(candidates, key=lambda w: w.worker_id)
@@ -33,6 +35,7 @@ class RandomChoice:
     def choose(
         self, request: PlacementRequest, candidates: Sequence[WorkerSnapshot], rng: random.Random
     ) -> Choice | None:
+        candidates = [w for w in candidates if w.has_room]
         if not candidates:
             return None
         worker = rng.choice(sorted(candidates, key=lambda w: w.worker_id))
@@ -45,6 +48,7 @@ class LeastConnections:
     def choose(
         self, request: PlacementRequest, candidates: Sequence[WorkerSnapshot], rng: random.Random
     ) -> Choice | None:
+        candidates = [w for w in candidates if w.has_room]
         if not candidates:
             return None
         worker = min(candidates, key=lambda w: (w.load, w.worker_id))

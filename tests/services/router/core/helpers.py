@@ -29,7 +29,7 @@ def rng() -> random.Random:
 
 @dataclass
 class RecordingPolicy:
-    """A fake policy: remembers the candidates it was shown and picks by a fixed rule (or none)."""
+    """A fake policy: remembers the candidates it was shown and picks the first worker with room (or none)."""
 
     NAME: ClassVar[str] = "recording"
     pick: str | None = "first"
@@ -39,9 +39,10 @@ class RecordingPolicy:
         self, request: PlacementRequest, candidates: Sequence[WorkerSnapshot], rng: random.Random
     ) -> Choice | None:
         self.seen.append(list(candidates))
-        if self.pick is None or not candidates:
+        roomy = [w for w in candidates if w.has_room]
+        if self.pick is None or not roomy:
             return None
-        worker = min(candidates, key=lambda w: w.worker_id)
+        worker = min(roomy, key=lambda w: w.worker_id)
         return Choice(worker.worker_id, Route.AFFINITY, "the fake's pick")
 
     @property
