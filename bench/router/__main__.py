@@ -1,0 +1,92 @@
+"""``python -m bench.router [--quick] [--seed N] [--fleets pair,equal] [--out docs/benchmarks.md]``.
+
+Without ``--out`` the Markdown goes to stdout; with it, the generated block of the file's Router
+section is replaced (the section is added at the end when the file has none). Progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bench.router.fleet import FLEETS
+from bench.router.measure import FULL, QUICK, Config, run
+from bench.router.overhead import EndToEnd, decision_times, end_to_end
+from bench.router.report import render, splice
+
+
+def _fleets(text: str) -> tuple[str, ...]:
+    names = tuple(part.strip() for part in text.split(",") if part.strip())
+    unknown = [n for n in names if n not in FLEETS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"fleets are some of {', '.join(FLEETS)}; got {text!r}")
+    return names
+
+
+def _revision() -> str:
+    try:
+        found = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
+                               check=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown revision"
+    return f"git {found.stdout.strip()}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.router", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="short runs, one seed (under a minute)")
+    parser.add_argument("--seed", type=int, default=0, help="first seed of the arrivals and the policies (default 0)")
+    parser.add_argument("--fleets", type=_fleets, help="only these fleets, e.g. pair")
+    parser.add_argument("--processes", type=int, help="simulations run in parallel (default: one per CPU)")
+    parser.add_argument("--out", type=Path, help="Markdown file whose Router section to write (default: stdout)")
+    args = parser.parse_args(argv)
+
+    config: Config = QUICK if args.quick else FULL
+    if args.fleets:
+        config = dataclasses.replace(config, fleets=args.fleets)
+    started = time.perf_counter()
+    # Real-time measurements first, on an otherwise idle machine (the simulations use every CPU).
+    print("  router overhead: the core", file=sys.stderr, flush=True)
+    core = decision_times(config.overhead_calls)
+    print("  router overhead: round trips over nats-server", file=sys.stderr, flush=True)
+    e2e: EndToEnd | str
+    try:
+        e2e = end_to_end(config.end_to_end_samples, max(20, config.end_to_end_samples // 10))
+    except Exception as exc:  # noqa: BLE001 - the figure is reported as missing, with the reason
+        e2e = f"{type(exc).__name__}: {exc}"
+        print(f"  end to end failed: {e2e}", file=sys.stderr, flush=True)
+    simulation_started = time.perf_counter()
+    cells = run(config, args.seed, progress=lambda label: print(f"  {label}", file=sys.stderr, flush=True),
+                processes=args.processes)
+    simulated = time.perf_counter() - simulation_started
+    took = time.perf_counter() - started
+
+    command = ".venv/bin/python -m bench.router" + (" --quick" if args.quick else "") + f" --seed {args.seed}"
+    if args.fleets:
+        command += " --fleets " + ",".join(args.fleets)
+    if args.out:
+        command += f" --out {args.out}"
+    environment = (
+        f"Run: {_revision()}, Python {platform.python_version()}, {os.cpu_count()} CPUs ({platform.machine()}), "
+        f"{took:.0f} s in all ({simulated:.0f} s of simulation); {config.requests} measured requests after "
+        f"{config.warmup} of warm-up per run, {config.seeds} seed{'s' * (config.seeds > 1)} "
+        f"({', '.join(str(args.seed + s) for s in range(config.seeds))}) pooled per row."
+    )
+    generated = render(cells, core, e2e, command, environment)
+    if args.out is None:
+        print(generated)
+    else:
+        existing = args.out.read_text() if args.out.exists() else ""
+        args.out.write_text(splice(existing, generated))
+        print(f"wrote the Router section of {args.out} ({took:.0f} s)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
