@@ -48,7 +48,11 @@ def test_up_uses_existing_nats_and_database(
         else:
             raise AssertionError(log.read_text()[-3000:])
         state = json.loads(state_file.read_text())
-        assert set(state["pids"]) == {"detector", "planner", "orchestrator", "router", "api"}
+        # No nats-server or postgres of its own; a simulated worker per GPU of both hosts, and one CPU worker.
+        assert set(state["pids"]) == {
+            "detector", "planner", "orchestrator", "router", "api",
+            "worker-box-a-cuda0", "worker-box-a-cuda1", "worker-box-b-cuda0", "worker-box-b-cuda1", "worker-box-a-cpu",
+        }
         output = log.read_text()
         assert f"{own_nats_server.url}   (external)" in output
         assert "(external)" in output.split("Database", 1)[1].splitlines()[0]
