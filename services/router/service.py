@@ -217,6 +217,9 @@ class Router:
     async def _on_status(self, status: WorkerStatus, _: Delivery) -> None:
         known = status.worker_id in self.pools.workers
         lost = self.pools.on_status(status, self.clock())
+        if status.utilization_percent is not None and status.device != "cpu":
+            key = (status.host, status.device)
+            self.peaks[key] = max(self.peaks.get(key, 0.0), status.utilization_percent)
         if not known:
             log.info(
                 "worker %s registered: %s on %s, %d slot(s), groups %s",

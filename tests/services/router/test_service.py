@@ -300,3 +300,21 @@ async def test_a_worker_that_restarts_mid_request_loses_nothing(memory_bus: Memo
     slow.hang, slow.latency_s = False, 0.01  # the new process serves
     result = await asyncio.wait_for(pending, 2)
     assert (result.route, result.attempts) == (Route.RETRY, 2)
+
+
+async def test_peak_utilization_follows_worker_statuses_not_state_requests(
+    memory_bus: MemoryBus, router: Router
+) -> None:
+    from shared.contracts import WorkerState, WorkerStatus
+    from shared.subjects import worker_status
+
+    await memory_bus.publish(inventory("box-a"), make_inventory())
+    busy = WorkerStatus(
+        worker_id="w0", host="box-a", device="cuda:0", gpu_index=0, backend="fake", state=WorkerState.READY,
+        slots=1, in_flight=1, queue_depth=0, utilization_percent=90.0, sequence=1,
+    )
+    await memory_bus.publish(worker_status("w0"), busy)
+    await memory_bus.publish(worker_status("w0"), busy.model_copy(update={"utilization_percent": 10.0, "sequence": 2}))
+    await memory_bus.settle()
+    cuda0 = next(d for d in router.state().devices if d.device == "cuda:0")
+    assert (cuda0.utilization, cuda0.peak_utilization) == (10.0, 90.0)
