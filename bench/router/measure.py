@@ -37,8 +37,8 @@ def _variants(limit: int) -> tuple[Variant, ...]:
 
 
 SETUPS = (
-    Setup("default", "the router's default settings (worker_queue_limit 8)", 8, _variants(8)),
-    Setup("deep", f"worker_queue_limit {LARGE_QUEUE_LIMIT} (workers queue almost everything)",
+    Setup("shallow", "worker_queue_limit 8 (most waiting happens in the router)", 8, _variants(8)),
+    Setup("deep", f"the router's default, worker_queue_limit {LARGE_QUEUE_LIMIT} (workers queue almost everything)",
           LARGE_QUEUE_LIMIT, _variants(LARGE_QUEUE_LIMIT)),
 )
 

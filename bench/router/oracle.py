@@ -1,10 +1,13 @@
 """The bound: a policy that knows every worker's exact remaining work (the simulator's ground truth).
 
-For each candidate it replays the worker's future (running requests' remaining service, the queue's
-exact service and load times, the evictions) with this request added, and picks the worker where
-the request would finish first, its own switch included. It sees through stale statuses, the
-latency average and the catalog's guesses; it is greedy (it does not reserve a worker for the
-requests still to come), so it bounds what a request-by-request router can do, not every router.
+For each candidate with room it replays the worker's future (running requests' remaining service,
+the queue's exact service and load times, the evictions) with this request added, and picks the
+worker where the request would finish first, its own switch included. It sees through stale
+statuses, the latency average and the catalog's guesses. It never holds a request back for a full
+worker (``Pools`` shows those too): when a request sent later would finish depends on the requests
+waiting in the router ahead of it and on decisions not made yet, so no exact figure exists. And it
+is greedy (it does not reserve a worker for the requests still to come), so it bounds what a
+router can do for each request given the present, not every router.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ class Oracle:
     def choose(
         self, request: PlacementRequest, candidates: Sequence[WorkerSnapshot], rng: random.Random
     ) -> Choice | None:
+        candidates = [w for w in candidates if w.has_room]
         if not candidates:
             return None
         now = self._now()

@@ -24,7 +24,10 @@ class RouterSettings(CommonSettings):
         default=3.0, gt=0, description="A worker silent this long is gone: its requests go elsewhere."
     )
     worker_queue_limit: int = Field(
-        default=8, ge=0, description="Requests a worker may queue beyond its slots; the rest wait in the router."
+        default=1000,
+        ge=0,
+        description="Requests a worker may queue beyond its slots; the rest wait in the router. Deep worker "
+        "queues let affinity keep a group's requests on its holder (docs/benchmarks.md, Router).",
     )
     circuit_failure_threshold: int = Field(default=5, ge=1, description="Failures in a row that open a circuit.")
     circuit_reset_s: float = Field(default=60.0, gt=0, description="How long an open circuit waits for a probe.")

@@ -168,8 +168,8 @@ def _tiny_cells() -> list[Cell]:
     for fleet in FLEETS.values():
         for variant in (Variant("round_robin"), Variant("affinity"), Variant(Oracle.NAME)):
             for load in QUICK.loads:
-                result = run_job(Job("default", fleet.name, load, variant, seed=0, requests=60, warmup=10))
-                cell = Cell("default", fleet.name, load, variant, ideal_capacity(fleet))
+                result = run_job(Job("shallow", fleet.name, load, variant, seed=0, requests=60, warmup=10))
+                cell = Cell("shallow", fleet.name, load, variant, ideal_capacity(fleet))
                 cell.runs.append(result)
                 cells.append(cell)
     return cells

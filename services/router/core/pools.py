@@ -52,7 +52,7 @@ class WorkerRecord:
 @dataclass
 class PoolSettings:
     worker_timeout_s: float = 3.0
-    worker_queue_limit: int = 8
+    worker_queue_limit: int = 1000
     """Requests a worker may have waiting beyond its slots before the router keeps them instead."""
     failure_threshold: int = 5
     reset_s: float = 60.0

@@ -13,7 +13,8 @@ from shared.contracts import Route, WorkerStatus
 
 
 def pools_of(*statuses: WorkerStatus, now: float = 0.0, **settings: Any) -> Pools:
-    pools = Pools(PoolSettings(**settings))
+    # A shallow worker queue (the router's default is deep) makes "full" easy to set up.
+    pools = Pools(PoolSettings(**{"worker_queue_limit": 8, **settings}))
     for status in statuses:
         pools.on_status(status, now)
     return pools
