@@ -18,7 +18,7 @@ def test_settings_defaults() -> None:
     s = PoolSettings()
     assert (s.worker_timeout_s, s.worker_queue_limit, s.failure_threshold, s.reset_s, s.forget_after_s) == (
         3.0,
-        8,
+        1000,
         5,
         60.0,
         300.0,
