@@ -60,4 +60,10 @@ class AffinityLeastLoaded:
     ) -> Choice | None:
         holders = [w for w in candidates if request.group in w.groups_loaded]
         others = [w for w in candidates if request.group not in w.groups_loaded]
-        return pick_with_affinity(request, holders, others, self.give_way_factor)
+        return pick_with_affinity(
+            request, self.narrow(holders, rng), self.narrow(others, rng), self.give_way_factor
+        )
+
+    def narrow(self, workers: Sequence[WorkerSnapshot], rng: random.Random) -> Sequence[WorkerSnapshot]:
+        """The workers compared on each side (all of them here)."""
+        return workers

@@ -7,23 +7,12 @@ import random
 from collections.abc import Sequence
 from typing import ClassVar
 
-from services.router.core.model import Choice, PlacementRequest, WorkerSnapshot
-from services.router.core.policies.affinity import pick_with_affinity
+from services.router.core.model import WorkerSnapshot
+from services.router.core.policies.affinity import AffinityLeastLoaded
 
 
-def _two(workers: Sequence[WorkerSnapshot], rng: random.Random) -> Sequence[WorkerSnapshot]:
-    return workers if len(workers) <= 2 else rng.sample(list(workers), 2)
-
-
-class PowerOfTwoChoices:
+class PowerOfTwoChoices(AffinityLeastLoaded):
     NAME: ClassVar[str] = "p2c"
 
-    def __init__(self, give_way_factor: float = 2.0) -> None:
-        self.give_way_factor = give_way_factor
-
-    def choose(
-        self, request: PlacementRequest, candidates: Sequence[WorkerSnapshot], rng: random.Random
-    ) -> Choice | None:
-        holders = [w for w in candidates if request.group in w.groups_loaded]
-        others = [w for w in candidates if request.group not in w.groups_loaded]
-        return pick_with_affinity(request, _two(holders, rng), _two(others, rng), self.give_way_factor)
+    def narrow(self, workers: Sequence[WorkerSnapshot], rng: random.Random) -> Sequence[WorkerSnapshot]:
+        return workers if len(workers) <= 2 else rng.sample(list(workers), 2)
