@@ -157,7 +157,11 @@ class Pools:
         return request.model in status.models or request.group in status.groups_loaded
 
     def room(self, record: WorkerRecord) -> bool:
-        return record.load() < record.status.slots + self.settings.worker_queue_limit
+        """Below slots plus the allowed queue; a worker that has not measured a request yet gets no
+        queue, so a burst cannot bury a card whose speed nobody knows (the first answer tells)."""
+        measured = record.status.request_count > 0 or record.status.latency_avg_s > 0
+        queue = self.settings.worker_queue_limit if measured else 0
+        return record.load() < record.status.slots + queue
 
     def snapshot(self, record: WorkerRecord) -> WorkerSnapshot:
         status = record.status

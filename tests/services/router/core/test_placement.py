@@ -121,7 +121,7 @@ def test_silent_worker_is_left_out() -> None:
 
 
 def test_affinity_placement_through_pools() -> None:
-    pools = pools_of(gpu("w0", groups=(GROUP,), in_flight=1), gpu("w1", 1))
+    pools = pools_of(gpu("w0", groups=(GROUP,), in_flight=1, request_count=1), gpu("w1", 1))
     assert place(pools) == Placement("w0", Route.AFFINITY, "holds group-a (~1.00 s)")
 
 

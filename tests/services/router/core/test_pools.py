@@ -293,13 +293,23 @@ def test_serves(status_kw: dict[str, object], model: str, group: str, serves: bo
     ],
 )
 def test_room(slots: int, in_flight: int, queue_depth: int, limit: int, room: bool) -> None:
-    status = make_worker_status(slots=slots, in_flight=in_flight, queue_depth=queue_depth)
+    status = make_worker_status(slots=slots, in_flight=in_flight, queue_depth=queue_depth, request_count=10)
     pools = pools_of(status, worker_queue_limit=limit)
     assert pools.room(record(pools)) is room
 
 
+def test_a_worker_that_measured_nothing_yet_gets_no_queue() -> None:
+    """Its speed is unknown until its first answer: a burst must not bury it."""
+    pools = pools_of(make_worker_status(slots=2, in_flight=1), worker_queue_limit=8)
+    assert pools.room(record(pools))
+    pools.on_sent("w0", 0.0)
+    assert not pools.room(record(pools))
+    pools.on_status(make_worker_status(slots=2, in_flight=2, request_count=1, latency_avg_s=1.9, sequence=2), 1.0)
+    assert pools.room(record(pools))
+
+
 def test_room_counts_what_this_router_sent() -> None:
-    pools = pools_of(make_worker_status(slots=1, in_flight=1), worker_queue_limit=1)
+    pools = pools_of(make_worker_status(slots=1, in_flight=1, request_count=3), worker_queue_limit=1)
     assert pools.room(record(pools))
     pools.on_sent("w0", 0.0)
     assert not pools.room(record(pools))
