@@ -42,6 +42,7 @@ from shared.errors import (
     BusError,
     GpuplaneError,
     InvalidRequest,
+    NoResponders,
     NotFound,
     OperationFailed,
     Overloaded,
@@ -513,7 +514,13 @@ class Router:
         finally:
             lost.cancel()
         if call.done():
-            return call.result()
+            try:
+                return call.result()
+            except NoResponders as exc:
+                # Nobody subscribes to its task subject: the process is gone, whatever its last status
+                # said; it counts as alive again only once a new process reports.
+                self.pools.mark_gone(out.worker_id)
+                raise WorkerLost(f"worker {out.worker_id} is not running") from exc
         call.cancel()
         raise WorkerLost(f"worker {out.worker_id} went away with the request")
 

@@ -332,6 +332,12 @@ class Pools:
             self.reserved.pop(record.key, None)
             self.held[record.key] = exclusive_for
 
+    def mark_gone(self, worker_id: str) -> None:
+        """Nothing answers on the worker's task subject: not alive until it reports again."""
+        record = self.workers.get(worker_id)
+        if record is not None:
+            record.seen_at = float("-inf")
+
     def forget_failures(self, worker_id: str) -> None:
         """A new process under an old name starts with a closed circuit."""
         record = self.workers.get(worker_id)

@@ -318,3 +318,24 @@ async def test_peak_utilization_follows_worker_statuses_not_state_requests(
     await memory_bus.settle()
     cuda0 = next(d for d in router.state().devices if d.device == "cuda:0")
     assert (cuda0.utilization, cuda0.peak_utilization) == (10.0, 90.0)
+
+
+async def test_a_task_nobody_answers_waits_for_the_worker_to_come_back(memory_bus: MemoryBus, router: Router) -> None:
+    """A worker killed before its silence is noticed: no responders on its task subject means it is
+    gone, not that the request failed there, so the request waits for it instead of failing."""
+    from shared.contracts import WorkerState, WorkerStatus
+    from shared.subjects import worker_status
+
+    ghost = WorkerStatus(
+        worker_id="w0", host="box-a", device="cuda:0", gpu_index=0, backend="fake", state=WorkerState.READY,
+        slots=1, in_flight=0, queue_depth=0, groups_loaded=("ga",), models=("chat-a",), sequence=5,
+    )
+    await memory_bus.publish(worker_status("w0"), ghost)
+    await memory_bus.settle()
+    pending = asyncio.create_task(ask(memory_bus, "chat-a"))
+    await asyncio.sleep(0.1)
+    assert not pending.done()
+    back = await FakeWorker(memory_bus, "w0", groups=("ga",)).start()
+    result = await asyncio.wait_for(pending, 3)
+    assert (result.worker_id, result.route) == ("w0", Route.RETRY)
+    assert len(back.tasks) == 1
