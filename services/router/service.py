@@ -15,7 +15,7 @@ from services.router.core.batcher import Batch, Batcher
 from services.router.core.model import Infeasible, Placement, PlacementRequest, Wait
 from services.router.core.policies import RoutingPolicy, make_policy
 from services.router.core.pools import Pools, PoolSettings, WorkerRecord, device_label
-from services.router.core.queue import Entry, PriorityQueue, QueueFull, retry_after_s
+from services.router.core.queue import PriorityQueue, QueueFull, retry_after_s
 from services.router.metrics import router_metrics
 from services.router.settings import RouterSettings
 from shared.bus.base import Bus, Delivery, Subscription
@@ -307,12 +307,16 @@ class Router:
 
     def _check_room(self, extra: int) -> None:
         if len(self.queue) + extra > self.queue.limit:
-            self.metrics.rejected.labels("queue_full").inc()
-            raise Overloaded(
-                f"the router's queue is full ({len(self.queue)} requests waiting, limit {self.queue.limit}); "
-                "try again later",
-                retry_after_s=self._retry_after(),
-            )
+            raise self._queue_full()
+
+    def _queue_full(self) -> Overloaded:
+        """The one 429 answer, counted once, whichever way the queue was found full."""
+        self.metrics.rejected.labels("queue_full").inc()
+        return Overloaded(
+            f"the router's queue is full ({len(self.queue)} requests waiting, limit {self.queue.limit}); "
+            "try again later",
+            retry_after_s=self._retry_after(),
+        )
 
     def _retry_after(self) -> float:
         now = self.clock()
@@ -326,9 +330,8 @@ class Router:
         priority = min((r.priority for r in pending.requests), key=PRIORITY_RANK.__getitem__)
         try:
             self.queue.push(pending, priority, self.clock(), front=front)
-        except QueueFull as exc:
-            self.metrics.rejected.labels("queue_full").inc()
-            pending.fail(Overloaded(f"the router's queue is full: {exc}", retry_after_s=self._retry_after()))
+        except QueueFull:
+            pending.fail(self._queue_full())
         self._queue_gauges()
 
     def _enqueue_batch(self, batch: Batch[tuple[InferenceRequest, asyncio.Future[InferenceResult]]]) -> None:
@@ -723,9 +726,6 @@ class Router:
             peak_utilization=round(peak, 1),
             healthy=healthy,
         )
-
-    def queued_entries(self) -> list[Entry[Pending]]:
-        return list(self.queue)
 
 
 def queue_group_router() -> str:
