@@ -10,11 +10,11 @@ import argparse
 import dataclasses
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+from bench.common import revision
 from bench.planner.measure import FULL, QUICK, Config, run
 from bench.planner.report import render, splice
 
@@ -26,13 +26,6 @@ def _cells(text: str) -> tuple[tuple[int, int], ...]:
         raise argparse.ArgumentTypeError(f"cells look like 8x20,64x500 (GPUs x services); got {text!r}") from None
 
 
-def _revision() -> str:
-    try:
-        found = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
-                               check=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return "unknown revision"
-    return f"git {found.stdout.strip()}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         command += f" --out {args.out}"
     environment = (
-        f"Run: {_revision()}, Python {platform.python_version()}, {os.cpu_count()} CPUs "
+        f"Run: {revision()}, Python {platform.python_version()}, {os.cpu_count()} CPUs "
         f"({platform.machine()}), {took:.0f} s in all; exact solver limit {config.exact_time_limit_s:g} s "
         "per instance."
     )

@@ -10,11 +10,11 @@ import argparse
 import dataclasses
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+from bench.common import revision
 from bench.router.fleet import FLEETS
 from bench.router.measure import FULL, QUICK, Config, run
 from bench.router.overhead import EndToEnd, decision_times, end_to_end
@@ -29,13 +29,6 @@ def _fleets(text: str) -> tuple[str, ...]:
     return names
 
 
-def _revision() -> str:
-    try:
-        found = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
-                               check=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return "unknown revision"
-    return f"git {found.stdout.strip()}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         command += f" --out {args.out}"
     environment = (
-        f"Run: {_revision()}, Python {platform.python_version()}, {os.cpu_count()} CPUs ({platform.machine()}), "
+        f"Run: {revision()}, Python {platform.python_version()}, {os.cpu_count()} CPUs ({platform.machine()}), "
         f"{took:.0f} s in all ({simulated:.0f} s of simulation); {config.requests} measured requests after "
         f"{config.warmup} of warm-up per run, {config.seeds} seed{'s' * (config.seeds > 1)} "
         f"({', '.join(str(args.seed + s) for s in range(config.seeds))}) pooled per row."
