@@ -132,8 +132,8 @@ class Pools:
             return True, None
         return self.gpu_health.get((record.status.host, index), (True, None))
 
-    def why_not(self, record: WorkerRecord, now: float) -> str | None:
-        """Why this worker takes no new work now (None: it may), ignoring the model asked for."""
+    def why_broken(self, record: WorkerRecord, now: float) -> str | None:
+        """Why this worker cannot take work at all now (gone, not ready, sick GPU, open circuit), else None."""
         status = record.status
         if not self.alive(record, now):
             return "stopped" if status.state is WorkerState.STOPPED else f"silent for {now - record.seen_at:.1f} s"
@@ -145,12 +145,19 @@ class Pools:
         if not record.circuit.allows(now):
             state = record.circuit.state(now)
             return "circuit open" if state is CircuitState.OPEN else "circuit half-open, probe out"
-        holder = self.held.get(record.key) or self.reserved.get(record.key)
-        if holder is not None:
-            return f"GPU held exclusively for request {holder}"
-        if status.exclusive_request is not None:
-            return f"GPU held exclusively for request {status.exclusive_request}"
         return None
+
+    def why_not(self, record: WorkerRecord, now: float) -> str | None:
+        """Why this worker takes no new work now (None: it may), ignoring the model asked for."""
+        broken = self.why_broken(record, now)
+        if broken is not None:
+            return broken
+        holder = self.held_by(record)
+        return None if holder is None else f"GPU held exclusively for request {holder}"
+
+    def held_by(self, record: WorkerRecord) -> str | None:
+        """The exclusive request that holds or waits for this worker's GPU, if any (busy, not broken)."""
+        return self.held.get(record.key) or self.reserved.get(record.key) or record.status.exclusive_request
 
     def serves(self, record: WorkerRecord, request: PlacementRequest) -> bool:
         status = record.status
@@ -214,8 +221,8 @@ class Pools:
             if record.status.device == CPU_DEVICE:
                 continue
             why = self.why_not(record, now)
-            if why is not None and why.startswith("GPU held exclusively"):
-                gpu_ok.append(record)  # busy, not broken: the request waits for it without a deadline
+            if why is not None and self.why_broken(record, now) is None:
+                gpu_ok.append(record)  # held exclusively: busy, not broken, so it waits without a deadline
             if why is None:
                 gpu_ok.append(record)
                 if record.status.worker_id in request.avoid:
@@ -299,7 +306,8 @@ class Pools:
         reasons = []
         for record in on_device:
             why = self.why_not(record, now)
-            if why is not None and why != f"GPU held exclusively for request {request.request_id}":
+            mine = self.why_broken(record, now) is None and self.held_by(record) == request.request_id
+            if why is not None and not mine:
                 reasons.append(f"{record.status.worker_id}: {why}")
             elif not self.serves(record, request):
                 reasons.append(f"{record.status.worker_id}: cannot load {request.group}")
