@@ -382,7 +382,9 @@ class Orchestrator:
                 break
         failed = [s for s in record.run.services if s.state is ServiceState.FAILED]
         if not failed:
-            await self._after_success(await self._finish(record, RunState.SUCCEEDED, None))
+            # The saved configuration is restored before the run reads as finished, so whoever waits for
+            # the end sees the note saying what happened to it.
+            await self._finish(await self._restore_config(record), RunState.SUCCEEDED, None)
             return
         error = "; ".join(f"{s.service}: {s.error}" for s in failed)
         record = await self._save(with_run(record, error=error))
@@ -397,28 +399,26 @@ class Orchestrator:
                 "restores the previous configuration",
             )
 
-    async def _after_success(self, record: RunRecord) -> None:
+    async def _restore_config(self, record: RunRecord) -> RunRecord:
         """A rollback also puts the planner's saved configuration back, so the database, the YAML mirror
         and the override agree again."""
         if record.run.kind is not RunKind.ROLLBACK:
-            return
+            return record
         if record.run.revision is None:
-            await self._note(
+            return await self._note(
                 record,
                 "the containers run what they ran before gpuplane's first apply; "
                 "the saved configuration is unchanged (there is no earlier revision)",
             )
-            return
         original = record.run.revision
         try:
             restored = await self.config.restore(original)
         except GpuplaneError as exc:
-            await self._note(
+            return await self._note(
                 record, f"containers rolled back, but the planner did not restore revision {original}: {exc}"
             )
-            return
         note = f"the saved configuration is revision {original}'s again (saved as revision {restored.revision})"
-        await self._save(with_run(record, revision=restored.revision, notes=(*record.run.notes, note)))
+        return await self._save(with_run(record, revision=restored.revision, notes=(*record.run.notes, note)))
 
     async def _roll_back(self, record: RunRecord) -> None:
         """Put every container the run touched back on the previous override."""
