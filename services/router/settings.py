@@ -17,10 +17,7 @@ class RouterSettings(CommonSettings):
         default="affinity", description="affinity (default), p2c, round_robin, random or least_connections."
     )
     give_way_factor: float = Field(
-        default=2.0,
-        ge=1.0,
-        description="Affinity gives way when the holder would finish later than the best other worker by more "
-        "than (this - 1) times what the switch itself costs there (loading the group and serving the request).",
+        default=2.0, ge=1.0, description="Affinity gives way when the holder would take this many times longer."
     )
     model_groups_file: Path = Field(default=Path("config/model_groups.yml"), description="The model-group catalog.")
     worker_timeout_s: float = Field(

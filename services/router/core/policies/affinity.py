@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import ClassVar
 
 from services.router.core.model import Choice, PlacementRequest, WorkerSnapshot
-from services.router.core.policies.estimate import ERROR_PENALTY, expected_s, service_s, switch_s
+from services.router.core.policies.estimate import expected_s
 from shared.contracts import Route
 
 
@@ -20,34 +20,19 @@ def _best(request: PlacementRequest, workers: Sequence[WorkerSnapshot]) -> tuple
     return worker, est
 
 
-def give_way_above_s(
-    request: PlacementRequest, other: WorkerSnapshot, other_s: float, give_way_factor: float
-) -> float:
-    """The holder's expected time beyond which affinity gives way to ``other``.
-
-    The tolerance is ``give_way_factor`` times what the switch itself costs on ``other`` (loading the
-    group plus serving the request), on top of the queue ``other`` already has; it does not grow with
-    that queue. Scaling the whole estimate instead would let a holder run up twice the backlog of the
-    other workers in a burst, and its last requests wait twice as long as they need to.
-    """
-    switch_cost_s = (switch_s(other, request) + service_s(other, request)) * (1.0 + ERROR_PENALTY * other.error_rate)
-    return other_s + (give_way_factor - 1.0) * switch_cost_s
-
-
 def pick_with_affinity(
     request: PlacementRequest,
     holders: Sequence[WorkerSnapshot],
     others: Sequence[WorkerSnapshot],
     give_way_factor: float,
 ) -> Choice | None:
-    """Affinity unless the best holder would finish later than the best other worker by more than
-    ``give_way_factor - 1`` times the switch's own cost (so a switch must pay for itself several
-    times over)."""
+    """Affinity unless the best holder would take ``give_way_factor`` times longer than the best
+    other worker, switch cost included (so a switch must pay for itself several times over)."""
     best_holder = _best(request, holders)
     best_other = _best(request, others)
     if best_holder is not None:
         holder, holder_s = best_holder
-        if best_other is None or holder_s <= give_way_above_s(request, *best_other, give_way_factor):
+        if best_other is None or holder_s <= give_way_factor * best_other[1]:
             return Choice(holder.worker_id, Route.AFFINITY, f"holds {request.group} (~{holder_s:.2f} s)")
         other, other_s = best_other
         return Choice(
