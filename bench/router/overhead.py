@@ -157,7 +157,7 @@ def end_to_end(samples: int = 2000, warmup: int = 200) -> EndToEnd:
         _, argv = embedded.prepare_nats(Path(root), port)
         server = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            _wait_for_port(port)
+            embedded.wait_for_port(port)
             times = asyncio.run(_round_trips(f"nats://127.0.0.1:{port}", samples, warmup))
         finally:
             server.terminate()
@@ -252,13 +252,3 @@ async def _round_trips(url: str, samples: int, warmup: int) -> dict[str, list[fl
     return times
 
 
-def _wait_for_port(port: int, timeout_s: float = 20.0) -> None:
-    import socket
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise TimeoutError(f"nats-server did not listen on port {port} within {timeout_s} s")
