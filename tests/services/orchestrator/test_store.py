@@ -10,10 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from alembic import command
-from alembic.autogenerate import compare_metadata
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
@@ -29,6 +25,7 @@ from shared.contracts import ApplyRun, RunKind, RunState, ServiceProgress, Servi
 from shared.database import DatabaseUnavailable, make_engine
 from shared.errors import ConfigError, OperationFailed
 from tests.builders import FIXED_TIME
+from tests.migrations import downgrade_to_base, drift_from_migrations
 from tests.realdeps import Postgres
 
 TABLE = "orchestrator_runs"
@@ -148,16 +145,11 @@ def test_the_planner_and_the_orchestrator_migrate_at_once(engine: Engine, tmp_pa
 
 
 def test_the_store_table_matches_the_migration(store: RunStore, engine: Engine) -> None:
-    with engine.connect() as conn:
-        assert compare_metadata(MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE}), METADATA) == []
+    assert drift_from_migrations(engine, METADATA, VERSION_TABLE) == []
 
 
 def test_downgrade_drops_the_table(store: RunStore, engine: Engine) -> None:
-    config = Config()
-    config.set_main_option("script_location", str(Path(store_module.__file__).with_name("migrations")))
-    with engine.begin() as conn:
-        config.attributes["connection"] = conn
-        command.downgrade(config, "base")
+    downgrade_to_base(engine, store_module.__file__)
     assert table_names(engine) == {VERSION_TABLE}
 
 

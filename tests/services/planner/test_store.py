@@ -8,10 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from alembic import command
-from alembic.autogenerate import compare_metadata
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, Engine, event, inspect, text
 from sqlalchemy.engine import make_url
 
@@ -24,6 +20,7 @@ from shared.contracts import GpuConfig, ServiceAssignment
 from shared.database import DatabaseUnavailable, make_engine
 from shared.errors import ConfigError
 from tests.builders import FIXED_TIME, make_gpu, make_inventory
+from tests.migrations import downgrade_to_base, drift_from_migrations
 from tests.realdeps import Postgres
 
 TABLES = {"gpu_configurations", "gpu_devices", "system_settings", "gpu_config_history"}
@@ -105,16 +102,11 @@ def test_planners_migrating_together_do_not_race(engine: Engine, mirror_path: Pa
 
 
 def test_the_store_tables_match_the_migration(store: ConfigStore, engine: Engine) -> None:
-    with engine.connect() as conn:
-        assert compare_metadata(MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE}), METADATA) == []
+    assert drift_from_migrations(engine, METADATA, VERSION_TABLE) == []
 
 
 def test_downgrade_drops_the_tables(store: ConfigStore, engine: Engine) -> None:
-    config = Config()
-    config.set_main_option("script_location", str(Path(store_module.__file__).with_name("migrations")))
-    with engine.begin() as conn:
-        config.attributes["connection"] = conn
-        command.downgrade(config, "base")
+    downgrade_to_base(engine, store_module.__file__)
     assert table_names(engine) == {VERSION_TABLE}
 
 
