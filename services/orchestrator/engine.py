@@ -11,7 +11,6 @@ import contextlib
 import json
 import logging
 import os
-import re
 import shlex
 import shutil
 import signal
@@ -32,18 +31,19 @@ from services.orchestrator.core.inspect import (
 )
 from services.orchestrator.core.model import CommandResult, ContainerView
 from services.orchestrator.ports import EngineUnavailable
-from shared.errors import ConfigError, InvalidRequest
+from shared.errors import ConfigError
+from shared.names import NAME_RULE, check_name, is_valid_name
 
 log = logging.getLogger(__name__)
 
 COMPOSE_CMD_SETTING = "GPUPLANE_COMPOSE_CMD"
 CONTAINER_CMD_SETTING = "GPUPLANE_CONTAINER_CMD"
+COMPOSE_PROJECT_SETTING = "GPUPLANE_COMPOSE_PROJECT"
 PODMAN_COMPOSE_MIN = (1, 6)
 DOCKER_COMPOSE_MIN = (2, 0)
 PROBE_TIMEOUT_S = 30.0
 """Longest a version or ``ps`` probe in ``problems()`` may take (at most ``command_timeout_s``)."""
 OUTPUT_TAIL_CHARS = 4000
-_SERVICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 def is_docker(compose_cmd: Sequence[str]) -> bool:
@@ -69,6 +69,10 @@ class ComposeEngine:
     ``env`` is the whole environment of every command (``None``: this process's); ``PATH`` in it is
     where commands are looked for, and a bare compose command is also looked for next to
     ``sys.executable`` (the virtual environment's ``bin``, where pip puts podman-compose).
+
+    ``project_problem`` says why the project name is unusable (whoever chose it knows where it came
+    from); a project name that breaks the name rule is unusable too. Either way ``problems()`` says so
+    and no command is built with it.
     """
 
     def __init__(
@@ -81,6 +85,7 @@ class ComposeEngine:
         cdi_dirs: Sequence[Path] = cdi.DEFAULT_CDI_DIRS,
         command_timeout_s: float = 300.0,
         env: Mapping[str, str] | None = None,
+        project_problem: str | None = None,
     ) -> None:
         if not compose_cmd:
             raise ConfigError(f"{COMPOSE_CMD_SETTING} is empty; use podman-compose or 'docker compose'")
@@ -88,6 +93,12 @@ class ComposeEngine:
         self.compose_files = tuple(compose_files)
         self.override_file = override_file
         self.project = project
+        if project_problem is None and not is_valid_name(project):
+            project_problem = (
+                f"the compose project name {project!r} is not a valid name: use {NAME_RULE}; "
+                f"set {COMPOSE_PROJECT_SETTING}"
+            )
+        self.project_problem = project_problem
         self.container_cmd = tuple(container_cmd) if container_cmd else container_cmd_for(compose_cmd)
         self.cdi_dirs = tuple(cdi_dirs)
         self.command_timeout_s = command_timeout_s
@@ -97,7 +108,18 @@ class ComposeEngine:
     # --- what is run -------------------------------------------------------------------------
 
     def compose_argv(self) -> list[str]:
-        """``<compose> -p P -f base... [-f override]``: the override only while its file exists."""
+        """``<compose> -p P -f base... [-f override]``: the override only while its file exists.
+
+        Raises ``ConfigError`` when the project name is unusable: it would reach the command line.
+        """
+        self._check_project()
+        return self._compose_words()
+
+    def describe(self) -> str:
+        # Shown even with an unusable project name, which the status's problems then explain.
+        return shlex.join(self._compose_words())
+
+    def _compose_words(self) -> list[str]:
         argv = [*self.compose_cmd, "-p", self.project]
         for path in self.compose_files:
             argv += ["-f", str(path)]
@@ -105,14 +127,18 @@ class ComposeEngine:
             argv += ["-f", str(self.override_file)]
         return argv
 
-    def describe(self) -> str:
-        return shlex.join(self.compose_argv())
+    def _check_project(self) -> None:
+        if self.project_problem is not None:
+            raise ConfigError(self.project_problem)
 
     # --- Protocol ----------------------------------------------------------------------------
 
     async def problems(self, device_ids: Collection[str]) -> list[str]:
         if not self.compose_files:
             return ["no compose project to apply to: set GPUPLANE_COMPOSE_FILES to your AI stack's compose file(s)"]
+        if self.project_problem is not None:
+            # The engine checks below run commands with the project name; the files need none.
+            return [self.project_problem, *await asyncio.to_thread(self._file_problems)]
         found: list[str] = []
         try:
             await self._check_engine(found)
@@ -151,8 +177,9 @@ class ComposeEngine:
         return sorted(views, key=lambda v: (v.service, v.name, v.id))
 
     async def recreate(self, service: str) -> CommandResult:
-        if not _SERVICE_NAME.match(service):
-            raise InvalidRequest(f"{service!r} is not a compose service name", "service")
+        """Raises ``InvalidName`` for a service name that breaks the name rule, ``ConfigError`` for an
+        unusable project name: names are checked where they loaded too, and again here, at the command line."""
+        check_name(service, "compose service", field="service")
         argv = [*self.compose_argv(), "up", "-d", "--force-recreate", "--no-deps", service]
         log.info("recreating %s: %s", service, shlex.join(argv))
         args = argv[len(self.compose_cmd) :]
@@ -220,6 +247,7 @@ class ComposeEngine:
     # --- running commands --------------------------------------------------------------------
 
     def _ps_args(self) -> list[str]:
+        self._check_project()
         return ["ps", "-a", "--no-trunc", "--filter", f"label={PROJECT_LABEL}={self.project}", "--format", "{{.ID}}"]
 
     async def _container_ids(self) -> list[str]:
@@ -352,13 +380,14 @@ _ComposeLoader.add_constructor("!override", _plain)
 def load_compose_documents(paths: Sequence[Path]) -> list[dict[str, Any]]:
     """The top-level mappings of the compose files that exist (``problems()`` reports missing ones).
 
-    Raises ``ConfigError`` naming a file that cannot be read or is not a compose mapping.
+    Raises ``ConfigError`` naming a file that cannot be read, is not a compose mapping, or names a
+    service against the name rule (``shared.names``).
     """
     return [_load_compose_file(path) for path in paths if path.exists()]
 
 
 def _load_compose_file(path: Path) -> dict[str, Any]:
-    """A compose file's top-level mapping. Raises ``ConfigError`` naming the file."""
+    """A compose file's top-level mapping, its service names checked. Raises ``ConfigError`` naming the file."""
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -369,4 +398,12 @@ def _load_compose_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"the compose file {path} is not valid YAML: {exc}") from exc
     if not isinstance(doc, dict):
         raise ConfigError(f"the compose file {path} does not hold a mapping with services:")
+    services = doc.get("services")
+    if isinstance(services, dict):
+        for name in services:
+            # A service name ends up in the compose command line (and the planner's catalog): stopped here.
+            if not is_valid_name(str(name)):
+                raise ConfigError(
+                    f"the compose file {path}: service {str(name)!r} is not a valid name: use {NAME_RULE}"
+                )
     return doc

@@ -20,7 +20,7 @@ from sqlalchemy import Engine
 
 from services.orchestrator.core.inspect import project_name
 from services.orchestrator.engine import ComposeEngine, container_cmd_for, load_compose_documents
-from services.orchestrator.ports import EngineUnavailable
+from services.orchestrator.ports import EngineUnavailable, StoreUnavailable
 from services.orchestrator.service import Options, Orchestrator
 from services.orchestrator.settings import OrchestratorSettings
 from shared.bus.base import Bus, Delivery
@@ -93,19 +93,36 @@ def make_engine_for(settings: OrchestratorSettings) -> ComposeEngine:
     compose = settings.compose_argv()
     container = tuple(shlex.split(settings.container_cmd)) if settings.container_cmd else container_cmd_for(compose)
     files = settings.compose_paths()
+    project, problem = _project(settings, files)
     return ComposeEngine(
         compose_cmd=compose,
         compose_files=files,
         override_file=settings.override_path,
-        project=settings.compose_project or _project_name(files),
+        project=project,
         container_cmd=container,
         cdi_dirs=settings.cdi_dirs(),
         command_timeout_s=settings.command_timeout_s,
+        project_problem=problem,
     )
 
 
+def _project(settings: OrchestratorSettings, files: tuple[Path, ...]) -> tuple[str, str | None]:
+    """The compose project name, and why it cannot be used (None: it can).
+
+    An unusable name does not stop the service: apply is refused with the reason, which the status shows.
+    """
+    try:
+        return settings.compose_project_name() or _project_name(files), None
+    except ConfigError as exc:
+        log.warning("no apply is possible: %s", exc)
+        return settings.compose_project or "unset", str(exc)
+
+
 def _project_name(files: tuple[Path, ...]) -> str:
-    """As the compose command would name the project; "unset" without compose files (apply then says why)."""
+    """As the compose command would name the project; "unset" without compose files (apply then says why).
+
+    Raises ``ConfigError`` when no usable name is left once normalized.
+    """
     if not files:
         return "unset"
     try:
@@ -147,6 +164,21 @@ async def _open_store(orchestrator: Orchestrator, settings: OrchestratorSettings
     await until_available(store.migrate, what="run store", retry_s=settings.database_retry_s, on_problem=problem)
     orchestrator.store = store
     log.info("run store ready")
+
+
+async def _recover(orchestrator: Orchestrator, settings: OrchestratorSettings) -> str | None:
+    """Settle the run a previous orchestrator left active, once the run store answers."""
+    while True:
+        try:
+            return await orchestrator.recover()
+        except StoreUnavailable as exc:
+            log.warning(
+                "the run left by a previous orchestrator waits for the run store (%s; %s); retrying in %.1f s",
+                exc,
+                exc.detail,
+                settings.database_retry_s,
+            )
+        await asyncio.sleep(settings.database_retry_s)
 
 
 async def _converge(orchestrator: Orchestrator, queue: _Queue, settings: OrchestratorSettings) -> None:
@@ -218,7 +250,24 @@ def make_start(
             return await orchestrator.status()
 
         async def on_work(work: ApplyWork, _: Delivery) -> None:
-            await orchestrator.execute(work.run_id)
+            # Returns once the run has ended, whatever went wrong in it, so the item is acknowledged once.
+            # A run store that does not answer is waited out here rather than nak'd: JetStream gives up on
+            # an item after max_deliver naks, which would leave the run active (every apply a 409).
+            interrupted_by = "the orchestrator restarted"
+            while True:
+                try:
+                    await orchestrator.execute(work.run_id, interrupted_by=interrupted_by)
+                    return
+                except StoreUnavailable as exc:
+                    log.warning(
+                        "run %s waits for the run store (%s; %s); retrying in %.1f s",
+                        work.run_id,
+                        exc,
+                        exc.detail,
+                        settings.database_retry_s,
+                    )
+                interrupted_by = "the run store stopped answering"
+                await asyncio.sleep(settings.database_retry_s)
 
         group = queue_group(ServiceName.ORCHESTRATOR)
         await bus.subscribe(ORCHESTRATOR_APPLY, ApplyRequest, on_apply, queue=group)
@@ -237,7 +286,7 @@ def make_start(
 
                 ctx.on_stop(dispose)
                 await _open_store(orchestrator, settings, engine)
-            recovered = await orchestrator.recover()
+            recovered = await _recover(orchestrator, settings)
             if recovered:
                 log.info("run %s left by a previous orchestrator is settled", recovered)
             await bus.consume(

@@ -19,6 +19,14 @@ class EngineUnavailable(GpuplaneError):
     """The compose command or the container engine is missing or does not answer; the message says which."""
 
 
+class StoreUnavailable(GpuplaneError):
+    """The run store does not answer: a run can be neither read nor recorded now, so it is carried out later
+    (the store raises a subclass that is also ``shared.database.DatabaseUnavailable``)."""
+
+    detail: str | None = None
+    """The driver's own words, for the log only."""
+
+
 class RunConflict(Conflict):
     """Another run is queued or running."""
 
@@ -76,15 +84,25 @@ class ContainerEngine(Protocol):
 
 @dataclass(frozen=True)
 class RunRecord:
-    """A run and the override files on either side of it (``None``: no override file)."""
+    """A run and the override files on either side of it (``None``: no override file).
+
+    ``unreadable`` says why the stored run no longer parses as ``ApplyRun`` (written by another gpuplane
+    version, or edited); ``run`` is then rebuilt from what the store keeps outside the document (id,
+    kind, state, revision, creation time), so the run still shows, and an active one can be ended.
+    """
 
     run: ApplyRun
     target_override: str | None
     previous_override: str | None
+    unreadable: str | None = None
 
 
 class RunRepository(Protocol):
-    """Where runs are kept (PostgreSQL). Methods block; callers use ``asyncio.to_thread``."""
+    """Where runs are kept (PostgreSQL). Methods block; callers use ``asyncio.to_thread``.
+
+    Every method raises ``StoreUnavailable`` when the store does not answer. A stored run that no longer
+    parses is returned, not raised: see ``RunRecord.unreadable``.
+    """
 
     def create(self, record: RunRecord) -> None:
         """Insert a new run. Raises ``RunConflict`` naming the active run if one is queued or running."""

@@ -36,7 +36,14 @@ from services.orchestrator.core.reconcile import (
     scope,
     verify_devices,
 )
-from services.orchestrator.ports import ContainerEngine, EngineUnavailable, RunConflict, RunRecord, RunRepository
+from services.orchestrator.ports import (
+    ContainerEngine,
+    EngineUnavailable,
+    RunConflict,
+    RunRecord,
+    RunRepository,
+    StoreUnavailable,
+)
 from shared.contracts import (
     ApplyRun,
     Drift,
@@ -50,12 +57,17 @@ from shared.contracts import (
 )
 from shared.errors import ConfigError, Conflict, GpuplaneError
 from shared.files import FileWriteFailed, read_text, restore, write_atomic
+from shared.names import InvalidName
 
 log = logging.getLogger("gpuplane.orchestrator")
 
 
 ROLLBACK_SEARCH_RUNS = 100
 """How far back POST /rollback looks for the last run that changed something."""
+MANUAL_ROLLBACK_NOTE = (
+    "GPUPLANE_ROLLBACK=manual: containers are left as they are; POST /api/system/gpu-config/rollback "
+    "restores the previous configuration"
+)
 
 
 class NotReady(GpuplaneError):
@@ -267,9 +279,16 @@ class Orchestrator:
 
     # ------------------------------------------------------------------ carrying out a run
 
-    async def execute(self, run_id: str) -> None:
-        """Carry out run ``run_id`` to its end. Safe to call again: a finished run is left alone,
-        one cut short (the orchestrator died) is finished or rolled back, and the notes say which."""
+    async def execute(self, run_id: str, *, interrupted_by: str = "the orchestrator restarted") -> None:
+        """Carry out run ``run_id`` to its end. Safe to call again: a finished run is left alone, one cut
+        short (``interrupted_by`` says what cut it) is finished or rolled back, and the notes say which.
+
+        Once this returns the run has ended, whatever went wrong: a failure of any kind while carrying
+        it out or rolling it back ends it (rolled back first where it touched containers and rollback
+        is automatic) with the reason in ``error``, so its work item can be acknowledged. Raises
+        ``StoreUnavailable`` when the run store does not answer (the run waits in the store for a
+        later call), and whatever kept the run's end from being recorded.
+        """
         async with self._lock:
             store = self._store()
             record = await asyncio.to_thread(store.get, run_id)
@@ -279,25 +298,103 @@ class Orchestrator:
             if not record.run.state.active:
                 log.info("run %s already ended %s", run_id, record.run.state.value)
                 return
-            resumed = record.run.state is not RunState.QUEUED
-            if resumed:
-                failed = any(s.state is ServiceState.FAILED for s in record.run.services)
-                if record.run.state is RunState.ROLLING_BACK or failed:
-                    record = await self._note(record, "the orchestrator restarted during this run; rolling it back")
-                    await self._roll_back(record)
-                    return
-                record = await self._note(record, "the orchestrator restarted during this run; finishing it")
-            await self._carry_out(record)
+            try:
+                await self._settle(record, interrupted_by)
+            except StoreUnavailable:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the run is the boundary: whatever breaks it ends it, with the reason
+                log.exception("run %s broke off", run_id)
+                await self._end_broken(run_id, exc)
+
+    async def _settle(self, record: RunRecord, interrupted_by: str) -> None:
+        if record.unreadable is not None:
+            log.warning("run %s cannot be read from the store (%s); ending it failed", record.run.id, record.unreadable)
+            cannot = f"this gpuplane cannot read the stored run ({record.unreadable})"
+            if record.run.state is RunState.QUEUED:
+                await self._finish(record, RunState.FAILED, f"nothing was changed: {cannot}; apply again")
+            else:
+                await self._finish(
+                    record,
+                    RunState.FAILED,
+                    f"{cannot}, so it can be neither finished nor rolled back: the containers may be part-way "
+                    "between two configurations; the status's drift shows which, apply again to settle them",
+                )
+            return
+        if record.run.state is not RunState.QUEUED:
+            failed = any(s.state is ServiceState.FAILED for s in record.run.services)
+            if record.run.state is RunState.ROLLING_BACK or failed:
+                record = await self._note(record, f"{interrupted_by} during this run; rolling it back")
+                await self._roll_back(record)
+                return
+            record = await self._note(record, f"{interrupted_by} during this run; finishing it")
+        await self._carry_out(record)
+
+    async def _end_broken(self, run_id: str, exc: Exception) -> None:
+        """End run ``run_id``, which ``exc`` broke off, from the state it last recorded."""
+        reason = describe_error(exc)
+        record = await asyncio.to_thread(self._store().get, run_id)
+        if record is None or not record.run.state.active:
+            return  # it had ended, and only announcing that failed: the end stands
+        if record.run.state is RunState.ROLLING_BACK:
+            await self._finish(record, RunState.FAILED, join_errors(record.run.error, f"rollback failed: {reason}"))
+            return
+        if not touched_containers(record):
+            kept = self._put_back_override(record)
+            error = f"nothing was changed: {reason}" if kept is None else f"{reason}; {kept}"
+            await self._finish(record, RunState.FAILED, error)
+            return
+        error = join_errors(record.run.error, reason)
+        record = await self._save(with_run(record, error=error))
+        if not self.options.auto_rollback:
+            await self._finish(record, RunState.FAILED, error, MANUAL_ROLLBACK_NOTE)
+            return
+        try:
+            await self._roll_back(record)
+        except StoreUnavailable:
+            raise
+        except Exception as again:  # noqa: BLE001 - the rollback is part of the run, and ends with it
+            log.exception("rollback of run %s broke off", run_id)
+            latest = await asyncio.to_thread(self._store().get, run_id)
+            if latest is not None and latest.run.state.active:
+                await self._finish(latest, RunState.FAILED, f"{error}; rollback failed: {describe_error(again)}")
+
+    def _put_back_override(self, record: RunRecord) -> str | None:
+        """Put back the override file this run replaced; why it could not be (None: it is back)."""
+        try:
+            self._write_override(record.previous_override)
+        except (FileWriteFailed, OSError) as exc:
+            return f"the previous override file could not be put back: {exc}"
+        return None
 
     async def recover(self) -> str | None:
-        """At start-up: finish or roll back a run that a previous orchestrator left active."""
+        """At start-up: finish or roll back a run that a previous orchestrator left active.
+
+        A stored run never keeps the orchestrator from starting: whatever goes wrong is logged and the
+        run ended failed where the store lets it. Raises only ``StoreUnavailable`` (wait and call again).
+        """
         store = self._store()
         active = await asyncio.to_thread(store.active)
         if active is None:
             return None
-        log.warning("run %s was left %s by a previous orchestrator; resuming it", active.run.id, active.run.state.value)
-        await self.execute(active.run.id)
-        return active.run.id
+        run_id = active.run.id
+        log.warning("run %s was left %s by a previous orchestrator; resuming it", run_id, active.run.state.value)
+        try:
+            await self.execute(run_id)
+            return run_id
+        except StoreUnavailable:
+            raise
+        except Exception as exc:  # noqa: BLE001 - start-up is a boundary: a stored run must not stop the service
+            log.exception("run %s left by a previous orchestrator could not be settled", run_id)
+            reason = f"the orchestrator could not settle this run after a restart: {describe_error(exc)}"
+        try:
+            record = await asyncio.to_thread(store.get, run_id)
+            if record is not None and record.run.state.active:
+                await self._finish(record, RunState.FAILED, reason)
+        except StoreUnavailable:
+            raise
+        except Exception:  # noqa: BLE001 - as above; the failure is logged, and the service goes on
+            log.exception("run %s could not be marked failed either: apply and rollback answer 409 until it is", run_id)
+        return run_id
 
     async def needs_converging(self) -> str | None:
         """Why the containers should be brought to the saved configuration now (None: they need not)."""
@@ -391,13 +488,7 @@ class Orchestrator:
         if self.options.auto_rollback:
             await self._roll_back(record)
         else:
-            await self._finish(
-                record,
-                RunState.FAILED,
-                error,
-                "GPUPLANE_ROLLBACK=manual: containers are left as they are; POST /api/system/gpu-config/rollback "
-                "restores the previous configuration",
-            )
+            await self._finish(record, RunState.FAILED, error, MANUAL_ROLLBACK_NOTE)
 
     async def _restore_config(self, record: RunRecord) -> RunRecord:
         """A rollback also puts the planner's saved configuration back, so the database, the YAML mirror
@@ -505,7 +596,8 @@ class Orchestrator:
             record = await self._save(update_service(record, service, container_after=container.id[:12]), service)
             watched = [service, *sorted(dependents(service, project) & {c.service for c in after})]
             verdict = await self._wait_healthy(watched, since=started, restarts={c.id: c.restart_count for c in after})
-        except EngineUnavailable as exc:
+        except (EngineUnavailable, ConfigError, InvalidName) as exc:
+            # The engine failed, or refused to build the command (a name against the rule): this service failed.
             return await self._service_failed(record, service, restoring, str(exc))
         if verdict is not None:
             return await self._service_failed(record, service, restoring, verdict)
@@ -605,6 +697,20 @@ def replace_run(run: ApplyRun, **changes: object) -> ApplyRun:
 
 def with_run(record: RunRecord, **changes: object) -> RunRecord:
     return replace(record, run=replace_run(record.run, **changes))
+
+
+def touched_containers(record: RunRecord) -> bool:
+    """Whether the run may have changed a container (a service is recorded as being recreated before it is)."""
+    return bool(record.run.touched) or any(s.state is not ServiceState.PENDING for s in record.run.services)
+
+
+def describe_error(exc: BaseException) -> str:
+    """``RuntimeError: podman exploded``: the type says what kind of failure it was when the message alone does not."""
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def join_errors(first: str | None, then: str) -> str:
+    return f"{first}; {then}" if first else then
 
 
 def find(record: RunRecord, service: str) -> ServiceProgress | None:

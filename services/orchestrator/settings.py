@@ -8,6 +8,8 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
+from shared.errors import ConfigError
+from shared.names import InvalidName, check_name
 from shared.settings import CommonSettings, path_list
 
 
@@ -63,6 +65,20 @@ class OrchestratorSettings(CommonSettings):
         if not shlex.split(value):
             raise ValueError("GPUPLANE_COMPOSE_CMD is empty; use podman-compose or 'docker compose'")
         return value
+
+    def compose_project_name(self) -> str | None:
+        """``compose_project`` if set (empty counts as unset). Raises ``ConfigError`` naming the setting
+        when it breaks the name rule.
+
+        Checked here rather than when the settings load, so that the orchestrator still starts and
+        answers: apply is refused with this reason (a failed run in the status), as for other problems.
+        """
+        if not self.compose_project:
+            return None
+        try:
+            return check_name(self.compose_project, "GPUPLANE_COMPOSE_PROJECT")
+        except InvalidName as exc:
+            raise ConfigError(str(exc)) from exc
 
     def compose_paths(self) -> tuple[Path, ...]:
         return path_list(self.compose_files)

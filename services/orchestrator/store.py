@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +34,9 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import IntegrityError
 
-from services.orchestrator.ports import RunConflict, RunRecord
-from shared.contracts import ApplyRun, RunState
-from shared.database import database_errors, upgrade
+from services.orchestrator.ports import RunConflict, RunRecord, StoreUnavailable
+from shared.contracts import ApplyRun, RunKind, RunState
+from shared.database import DatabaseUnavailable, database_errors, upgrade
 from shared.errors import OperationFailed
 
 log = logging.getLogger(__name__)
@@ -82,12 +84,18 @@ class UnknownRun(OperationFailed):
         self.run_id = run_id
 
 
-class RunUnreadable(OperationFailed):
-    """A stored run no longer parses as ``ApplyRun`` (written by another gpuplane version, or edited)."""
+class RunStoreUnavailable(StoreUnavailable, DatabaseUnavailable):
+    """PostgreSQL did not answer: the controller's ``StoreUnavailable``, and the database's own error."""
 
-    def __init__(self, run_id: str, reason: str) -> None:
-        super().__init__(f"stored run {run_id} cannot be read: {reason}")
-        self.run_id = run_id
+
+@contextmanager
+def _database(action: str) -> Iterator[None]:
+    """``database_errors`` in a type the controller knows without importing the database layer."""
+    try:
+        with database_errors(action):
+            yield
+    except DatabaseUnavailable as exc:
+        raise RunStoreUnavailable(str(exc), exc.detail) from exc
 
 
 def _violated(exc: IntegrityError) -> str | None:
@@ -114,8 +122,45 @@ def _record(row: Row[Any]) -> RunRecord:
     try:
         run = ApplyRun.model_validate(row.document)
     except ValidationError as exc:
-        raise RunUnreadable(row.id, str(exc)) from exc
+        # Raising here would make every read that meets the row fail (status, apply, rollback, start-up),
+        # and skipping it would hide a run that may still hold the one-active index: the run is shown from
+        # its columns instead, and the controller ends an active one.
+        reason = _validation_summary(exc)
+        log.debug("stored run %s cannot be read: %s", row.id, reason)
+        return RunRecord(
+            run=_from_columns(row, reason),
+            target_override=row.target_override,
+            previous_override=row.previous_override,
+            unreadable=reason,
+        )
     return RunRecord(run=run, target_override=row.target_override, previous_override=row.previous_override)
+
+
+def _validation_summary(exc: ValidationError, shown: int = 3) -> str:
+    errors = exc.errors()
+    parts = [f"{'.'.join(str(p) for p in e['loc']) or 'document'}: {e['msg']}" for e in errors[:shown]]
+    more = f" (and {len(errors) - shown} more)" if len(errors) > shown else ""
+    return "; ".join(parts) + more
+
+
+def _from_columns(row: Row[Any], reason: str) -> ApplyRun:
+    """A stand-in for an unreadable run, from the columns kept beside its document."""
+    kinds = {k.value for k in RunKind}
+    states = {s.value for s in RunState}
+    document = row.document if isinstance(row.document, dict) else {}
+    trigger = document.get("trigger")
+    return ApplyRun(
+        id=row.id,
+        kind=RunKind(row.kind) if row.kind in kinds else RunKind.APPLY,
+        trigger=trigger if isinstance(trigger, str) else "unknown",
+        state=RunState(row.state) if row.state in states else RunState.FAILED,
+        revision=row.revision,
+        created_at=row.created_at,
+        notes=(
+            f"this gpuplane cannot read the stored run ({reason}); only its id, kind, state, revision and "
+            "creation time are shown",
+        ),
+    )
 
 
 def _newest_first(query: Select[Any]) -> Select[Any]:
@@ -168,7 +213,7 @@ class RunStore:
         """
         run = record.run
         statement = insert(RUNS).values(id=run.id, **_columns(record))
-        with database_errors(f"record run {run.id}"), self._engine.begin() as conn:
+        with _database(f"record run {run.id}"), self._engine.begin() as conn:
             _write(conn, statement, run.id)
         log.info("recorded %s run %s (%s)", run.kind.value, run.id, run.state.value)
 
@@ -179,14 +224,14 @@ class RunStore:
         """
         run = record.run
         statement = update(RUNS).where(RUNS.c.id == run.id).values(updated_at=func.now(), **_columns(record))
-        with database_errors(f"update run {run.id}"), self._engine.begin() as conn:
+        with _database(f"update run {run.id}"), self._engine.begin() as conn:
             if _write(conn, statement, run.id).rowcount == 0:
                 raise UnknownRun(run.id)
         log.debug("updated run %s (%s)", run.id, run.state.value)
 
     def get(self, run_id: str) -> RunRecord | None:
         """The run with this id, or None."""
-        with database_errors(f"read run {run_id}"), self._engine.connect() as conn:
+        with _database(f"read run {run_id}"), self._engine.connect() as conn:
             row = conn.execute(select(RUNS).where(RUNS.c.id == run_id)).one_or_none()
         return None if row is None else _record(row)
 
@@ -205,11 +250,11 @@ class RunStore:
 
     def history(self, limit: int = 20) -> list[RunRecord]:
         """The last ``limit`` runs, newest first."""
-        with database_errors("read the run history"), self._engine.connect() as conn:
+        with _database("read the run history"), self._engine.connect() as conn:
             rows = conn.execute(_newest_first(select(RUNS)).limit(limit)).all()
         return [_record(row) for row in rows]
 
     def _first(self, action: str, query: Select[Any]) -> RunRecord | None:
-        with database_errors(action), self._engine.connect() as conn:
+        with _database(action), self._engine.connect() as conn:
             row = conn.execute(query.limit(1)).first()
         return None if row is None else _record(row)

@@ -46,6 +46,11 @@ class FakeEngine:
     unavailable: str | None = None
     hold: asyncio.Event | None = None
     """When set, ``recreate`` waits for it (a run that stays in progress)."""
+    crashes: list[Exception] = field(default_factory=list)
+    """Raised by the next ``recreate`` calls, one each, once the containers are recreated: a compose
+    command failing in a way nobody typed, after it changed things."""
+    inspect_crashes: list[Exception] = field(default_factory=list)
+    """Raised by the next ``containers`` calls, one each (an inspect document nobody expected)."""
     problems_found: list[str] = field(default_factory=list)
     containers_now: dict[str, ContainerView] = field(default_factory=dict)
     recreated: list[str] = field(default_factory=list)
@@ -95,6 +100,8 @@ class FakeEngine:
     async def containers(self) -> list[ContainerView]:
         if self.unavailable:
             raise EngineUnavailable(self.unavailable)
+        if self.inspect_crashes:
+            raise self.inspect_crashes.pop(0)
         return list(self.containers_now.values())
 
     async def recreate(self, service: str) -> CommandResult:
@@ -106,6 +113,8 @@ class FakeEngine:
         running = {s for s, c in self.containers_now.items() if c.running}
         for name in [service, *sorted(dependents(service, self.depends_on) & running)]:
             self._create(name)
+        if self.crashes:
+            raise self.crashes.pop(0)
         return CommandResult(("fake-compose", "up", service), 0, "")
 
     async def run_healthcheck(self, container_id: str) -> None:
@@ -123,24 +132,39 @@ class FakeRunStore:
 
     def __init__(self) -> None:
         self.records: dict[str, RunRecord] = {}
+        self.failures: dict[str, list[Exception | None]] = {}
+        """method name ("get", "update", "active") -> what its next calls raise, one each (None: that call works)."""
+
+    def _fail(self, method: str) -> None:
+        planned = self.failures.get(method)
+        failure = planned.pop(0) if planned else None
+        if failure is not None:
+            raise failure
 
     def create(self, record: RunRecord) -> None:
-        active = self.active()
+        active = self._active()
         if active is not None and record.run.state.active:
             raise RunConflict(active.run.id)
         self.records[record.run.id] = record
 
     def update(self, record: RunRecord) -> None:
+        self._fail("update")
         assert record.run.id in self.records
-        self.records[record.run.id] = record
+        # As the database does: what is written is the run, which reads back as a readable document.
+        self.records[record.run.id] = replace(record, unreadable=None)
 
     def get(self, run_id: str) -> RunRecord | None:
+        self._fail("get")
         return self.records.get(run_id)
 
     def latest(self) -> RunRecord | None:
         return list(self.records.values())[-1] if self.records else None
 
     def active(self) -> RunRecord | None:
+        self._fail("active")
+        return self._active()
+
+    def _active(self) -> RunRecord | None:
         return next((r for r in self.records.values() if r.run.state.active), None)
 
     def history(self, limit: int = 20) -> list[RunRecord]:

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import stat
 import sys
 import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from services.orchestrator.core.model import TARGET_LABEL, ServiceTarget
-from services.orchestrator.engine import ComposeEngine, container_cmd_for
+from services.orchestrator.engine import ComposeEngine, container_cmd_for, load_compose_documents
 from services.orchestrator.ports import ContainerEngine, EngineUnavailable
-from shared.errors import InvalidRequest
+from shared.errors import ConfigError
+from shared.names import InvalidName
 from tests.builders import make_gpu
 from tests.podman import ComposeProject, PodmanSandbox
 from tests.realdeps import pids_alive
@@ -174,8 +177,67 @@ async def test_engine_errors(tmp_path: Path) -> None:
     engine = fake_engine(tmp_path, ["podman-compose"])
     with pytest.raises(EngineUnavailable, match=r"`podman ps` exited 125: Error: database is locked"):
         await engine.containers()
-    with pytest.raises(InvalidRequest, match="not a compose service name"):
+    with pytest.raises(InvalidName, match="compose service '--all' is not a valid name"):
         await engine.recreate("--all")
+
+
+BAD_NAMES = ["ai*star", "../x", "-x", "a b", "$(reboot)", "x" * 129, ""]
+
+
+@pytest.mark.parametrize("name", BAD_NAMES)
+async def test_a_compose_file_with_a_bad_service_name_is_refused_naming_file_and_service(
+    tmp_path: Path, name: str
+) -> None:
+    calls = tmp_path / "calls"
+    for tool in ("podman", "podman-compose"):
+        fake_tool(tmp_path / "bin", tool, f'echo "$0 $*" >> {calls}; echo "podman-compose version 1.6.0"')
+    compose_file = tmp_path / "compose.yml"
+    compose_file.write_text(yaml.safe_dump({"services": {"ai-llm": {"image": "x"}, name: {"image": "y"}}}))
+    engine = fake_engine(tmp_path, ["podman-compose"])
+    said = f"the compose file {compose_file}: service {name!r} is not a valid name: use a letter or digit"
+
+    with pytest.raises(ConfigError, match=re.escape(said)):
+        load_compose_documents([compose_file])
+    with pytest.raises(ConfigError, match=re.escape(said)):
+        await engine.project_services()
+    [problem] = await engine.problems([])
+    assert problem.startswith(said)
+    assert "up" not in (calls.read_text() if calls.exists() else "")
+
+
+@pytest.mark.parametrize("name", ["ai-llm", "a.b_c", "1", "A" * 128])
+def test_service_names_within_the_rule_are_accepted(tmp_path: Path, name: str) -> None:
+    compose_file = tmp_path / "compose.yml"
+    compose_file.write_text(f"services:\n  {name}: {{image: x}}\n")
+    [doc] = load_compose_documents([compose_file])
+    assert [str(n) for n in doc["services"]] == [name]
+
+
+@pytest.mark.parametrize(
+    ("project", "given", "said"),
+    [
+        ("ai*star", None, "the compose project name 'ai*star' is not a valid name: use a letter or digit"),
+        ("x" * 129, None, f"the compose project name '{'x' * 129}' is not a valid name"),
+        ("a*b", "GPUPLANE_COMPOSE_PROJECT 'a*b' is not a valid name", "GPUPLANE_COMPOSE_PROJECT 'a*b' is not"),
+    ],
+)
+async def test_an_unusable_project_name_is_a_problem_and_never_reaches_a_command(
+    tmp_path: Path, project: str, given: str | None, said: str
+) -> None:
+    calls = tmp_path / "calls"
+    for tool in ("podman", "podman-compose"):
+        fake_tool(tmp_path / "bin", tool, f'echo "$0 $*" >> {calls}')
+    engine = fake_engine(tmp_path, ["podman-compose"], project=project, project_problem=given)
+
+    [problem] = await engine.problems(["0"])
+    assert problem.startswith(said)
+    for command in (engine.recreate("llm"), engine.containers()):
+        with pytest.raises(ConfigError, match=re.escape(said)):
+            await command
+    with pytest.raises(ConfigError, match=re.escape(said)):
+        engine.compose_argv()
+    assert not calls.exists()
+    assert engine.describe().startswith("podman-compose -p ")  # the status still shows what would run
 
 
 # --- real podman and podman-compose (tests/podman.py) ------------------------------------------

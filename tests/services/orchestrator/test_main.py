@@ -24,6 +24,7 @@ from services.orchestrator.settings import OrchestratorSettings
 from services.planner.main import make_planner
 from services.planner.main import make_start as planner_start
 from services.planner.settings import PlannerSettings
+from shared.bus.core import work_stream
 from shared.bus.nats import NatsBus, connect_once
 from shared.contracts import (
     ApplyRequest,
@@ -44,12 +45,15 @@ from shared.subjects import (
     ORCHESTRATOR_APPLY,
     ORCHESTRATOR_ROLLBACK,
     ORCHESTRATOR_STATUS,
+    ORCHESTRATOR_WORK,
+    ORCHESTRATOR_WORK_CONSUMER,
     PLANNER_CONFIG_PUT,
     inventory,
 )
 from tests.builders import make_gpu, make_inventory
 from tests.podman import BUSYBOX_IMAGE, RUN_FOREVER, PodmanSandbox
 from tests.realdeps import NatsServer, Postgres
+from tests.services.orchestrator.fixtures import FIXTURES
 
 pytestmark = pytest.mark.integration
 
@@ -303,6 +307,38 @@ async def test_a_missing_compose_command_is_a_clear_error_and_changes_nothing(st
     assert status.run.error is not None and "nothing was changed" in status.run.error
     assert any("/opt/nowhere/podman-compose" in p for p in status.problems)
     assert await stack.ids() == before and not stack.override.exists()
+
+
+ODD_PODMAN = f"{sys.executable} {FIXTURES / 'odd_podman.py'}"
+
+
+@pytest.mark.parametrize("stack", [{"container_cmd": ODD_PODMAN}], indirect=True)
+async def test_an_engine_command_failing_unexpectedly_ends_the_run_failed_and_the_next_apply_works(
+    stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await until_ready(lambda: stack.put(**{"ai-llm": 0, "ai-enrichment": 1, "ai-clip": 1, "ai-florence": 0}))
+    before = await stack.ids()
+    odd = tmp_path / "odd-inspect"
+    monkeypatch.setenv("GPUPLANE_TEST_ODD_INSPECT", str(odd))  # the engine's commands inherit it
+    odd.touch()
+
+    broken = await stack.finished((await stack.apply()).id)
+
+    assert not odd.exists()  # the odd document was what the run met
+    assert broken.state is RunState.FAILED, broken
+    assert broken.error == "nothing was changed: ValueError: invalid literal for int() with base 10: 'many'"
+    assert await stack.ids() == before and not stack.override.exists()
+    done = await stack.finished((await stack.apply()).id)  # not a 409: the broken run ended
+    assert done.state is RunState.SUCCEEDED, done
+    assert await stack.gpu_seen_by("ai-enrichment") == "1"
+    # Each work item was acknowledged once, none handed back for another try.
+    js = stack.client.client.jetstream()
+    for _ in range(50):
+        info = await js.consumer_info(work_stream(ORCHESTRATOR_WORK).name, ORCHESTRATOR_WORK_CONSUMER)
+        if info.num_ack_pending == 0:
+            break
+        await asyncio.sleep(0.1)
+    assert (info.num_ack_pending, info.num_redelivered, info.num_pending) == (0, 0, 0)
 
 
 async def test_orchestrator_killed_mid_run_finishes_it_on_restart(

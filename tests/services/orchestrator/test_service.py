@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
 
 from services.orchestrator.core.override import parse_override
-from services.orchestrator.ports import RunConflict, RunRecord
+from services.orchestrator.ports import RunConflict, RunRecord, StoreUnavailable
 from services.orchestrator.service import ApplyRefused, NothingToRollBack, Options, Orchestrator
 from shared.contracts import RunKind, RunState, ServiceProgress, ServiceState
 from shared.errors import Conflict
+from shared.names import InvalidName
 from tests.builders import make_gpu
 from tests.services.orchestrator.fakes import (
     FakeClock,
@@ -292,3 +294,175 @@ async def test_start_up_converges_only_when_containers_differ_and_never_retries_
     world.engine.fails_when["ai-enrichment"] = lambda target: UUID1 in target.device_ids
     assert (await world.apply()).run.state is RunState.ROLLED_BACK
     assert await world.orchestrator.needs_converging() is None
+
+
+# --------------------------------------------------------------------------- failures nobody typed
+
+
+@dataclass(frozen=True)
+class Breakage:
+    """Something raising inside a run, and how the run must end."""
+
+    recreate_raises: int = 0
+    inspect_raises: int = 0
+    auto_rollback: bool = True
+    state: RunState = RunState.FAILED
+    error: str = ""
+    touched_nothing: bool = False
+
+
+BREAKAGES = [
+    pytest.param(
+        Breakage(recreate_raises=1, state=RunState.ROLLED_BACK, error="RuntimeError: podman-compose exploded"),
+        id="compose-command-raises-then-the-rollback-works",
+    ),
+    pytest.param(
+        Breakage(
+            recreate_raises=10,
+            error="RuntimeError: podman-compose exploded; rollback failed: RuntimeError: podman-compose exploded",
+        ),
+        id="compose-command-raises-in-the-rollback-too",
+    ),
+    pytest.param(
+        Breakage(recreate_raises=1, auto_rollback=False, error="RuntimeError: podman-compose exploded"),
+        id="compose-command-raises-with-manual-rollback",
+    ),
+    pytest.param(
+        Breakage(
+            inspect_raises=1,
+            error="nothing was changed: RuntimeError: podman-compose exploded",
+            touched_nothing=True,
+        ),
+        id="inspect-raises-before-anything-changed",
+    ),
+]
+
+
+@pytest.mark.parametrize("breakage", BREAKAGES)
+async def test_anything_raised_in_a_run_ends_it_with_the_reason_and_the_next_apply_works(
+    tmp_path: Path, breakage: Breakage
+) -> None:
+    w = World(tmp_path, auto_rollback=breakage.auto_rollback)
+    w.engine.start_all()
+    w.planner.save(*BASE)
+    assert (await w.apply()).run.state is RunState.SUCCEEDED
+    before_text = w.override.read_text()
+    w.engine.crashes = [RuntimeError("podman-compose exploded")] * breakage.recreate_raises
+    w.engine.inspect_crashes = [RuntimeError("podman-compose exploded")] * breakage.inspect_raises
+    w.planner.save(*MOVED)
+
+    record = await w.apply()  # returns: nothing escapes the run
+
+    assert record.run.state is breakage.state, record.run
+    assert record.run.error == breakage.error
+    assert record.run.finished_at is not None
+    assert w.events.events[-1][0] == record.run  # the end is announced
+    if breakage.touched_nothing:
+        assert w.override.read_text() == before_text
+    if not breakage.auto_rollback:
+        assert any("GPUPLANE_ROLLBACK=manual" in n for n in record.run.notes)
+    w.engine.crashes, w.engine.inspect_crashes = [], []
+    assert (await w.apply()).run.state is RunState.SUCCEEDED
+    assert w.engine.containers_now["ai-enrichment"].device_ids == (UUID1,)
+
+
+async def test_a_bad_service_name_reaching_the_command_fails_that_service_and_the_run_ends(world: World) -> None:
+    world.engine.crashes = [InvalidName("compose service 'ai*star' is not a valid name")]
+    world.planner.save(*MOVED)
+
+    record = await world.apply()
+
+    assert record.run.state is RunState.ROLLED_BACK
+    assert record.run.error == "ai-enrichment: compose service 'ai*star' is not a valid name"
+
+
+async def test_a_store_that_does_not_answer_leaves_the_run_for_later_not_failed(world: World) -> None:
+    world.planner.save(*MOVED)
+    run = await world.orchestrator.request_apply()
+    world.store.failures["update"] = [StoreUnavailable("cannot update run: connection refused")]
+
+    with pytest.raises(StoreUnavailable):
+        await world.orchestrator.execute(run.id)
+    record = world.store.get(run.id)
+    assert record is not None and record.run.state is RunState.QUEUED
+
+    await world.orchestrator.execute(run.id, interrupted_by="the run store stopped answering")
+    record = world.store.get(run.id)
+    assert record is not None and record.run.state is RunState.SUCCEEDED
+
+
+def left_over(w: World, run_id: str, *, unreadable: str | None = None) -> None:
+    """What a dead orchestrator leaves: the run recorded as running, its service being recreated."""
+    record = w.store.get(run_id)
+    assert record is not None
+    services = tuple(s.model_copy(update={"state": ServiceState.RECREATING}) for s in record.run.services)
+    if unreadable is not None:
+        services = ()  # the store's stand-in knows nothing of them
+    run = record.run.model_copy(update={"state": RunState.RUNNING, "services": services, "finished_at": None})
+    w.store.records[run_id] = RunRecord(run, record.target_override, record.previous_override, unreadable)
+
+
+@pytest.mark.parametrize(
+    ("fault", "state", "error"),
+    [
+        pytest.param(
+            "recreate",
+            RunState.FAILED,
+            "RuntimeError: boom; rollback failed: RuntimeError: boom",
+            id="its-execution-raises",
+        ),
+        pytest.param(
+            "get",
+            RunState.FAILED,
+            "the orchestrator could not settle this run after a restart: RuntimeError: boom",
+            id="reading-it-raises",
+        ),
+        pytest.param(
+            "unreadable",
+            RunState.FAILED,
+            "this gpuplane cannot read the stored run (services.0.service: Input should be a valid string), "
+            "so it can be neither finished nor rolled back",
+            id="it-no-longer-parses",
+        ),
+    ],
+)
+async def test_recover_ends_a_left_over_run_whatever_breaks_and_the_next_apply_works(
+    world: World, fault: str, state: RunState, error: str
+) -> None:
+    world.planner.save(*MOVED)
+    run = await world.orchestrator.request_apply()
+    await world.orchestrator.execute(run.id)
+    left_over(
+        world,
+        run.id,
+        unreadable="services.0.service: Input should be a valid string" if fault == "unreadable" else None,
+    )
+    world.engine.change_by_hand("ai-enrichment", device_ids=(), labels={})  # so the resumed run recreates it
+    if fault == "recreate":
+        world.engine.crashes = [RuntimeError("boom")] * 10
+    if fault == "get":
+        world.store.failures["get"] = [RuntimeError("boom")]
+
+    assert await world.orchestrator.recover() == run.id
+
+    record = world.store.get(run.id)
+    assert record is not None and record.run.state is state
+    assert record.run.error is not None and record.run.error.startswith(error)
+    world.engine.crashes = []
+    world.planner.save(*BASE)
+    assert (await world.apply()).run.state is RunState.SUCCEEDED
+
+
+async def test_recover_gives_up_on_a_run_it_cannot_even_mark_failed_without_raising(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    world.planner.save(*MOVED)
+    run = await world.orchestrator.request_apply()
+    await world.orchestrator.execute(run.id)
+    left_over(world, run.id)
+    world.store.failures["get"] = [RuntimeError("the store is broken")] * 2
+
+    assert await world.orchestrator.recover() == run.id
+
+    assert "could not be marked failed either" in caplog.text
+    assert "RuntimeError: the store is broken" in caplog.text

@@ -16,8 +16,8 @@ from sqlalchemy.exc import IntegrityError
 
 from services.orchestrator import store as store_module
 from services.orchestrator.migrations import VERSION_TABLE
-from services.orchestrator.ports import RunConflict, RunRecord, RunRepository
-from services.orchestrator.store import METADATA, RunStore, RunUnreadable, UnknownRun
+from services.orchestrator.ports import RunConflict, RunRecord, RunRepository, StoreUnavailable
+from services.orchestrator.store import METADATA, RunStore, UnknownRun
 from services.planner.migrations import VERSION_TABLE as PLANNER_VERSION_TABLE
 from services.planner.store import ConfigStore
 from services.stack.embedded import free_port
@@ -340,22 +340,73 @@ def test_latest_active_last_succeeded_and_history_follow_creation_time(store: Ru
     assert succeeded == store.last_succeeded()
 
 
-def test_a_document_that_no_longer_parses_names_the_run(store: RunStore, engine: Engine) -> None:
-    store.create(record(make_run("run-1")))
+UNREADABLE = [
+    pytest.param(
+        RunState.RUNNING,
+        """document - 'kind' || '{"state": "paused"}'""",
+        "kind: Field required; state: Input should be 'queued'",
+        id="fields-missing-and-unknown",
+    ),
+    pytest.param(
+        RunState.RUNNING,
+        """jsonb_set(document, '{services,0,service}', '["ai*star"]')""",
+        "services.0.service: Input should be a valid string",
+        id="a-service-of-another-shape",
+    ),
+    pytest.param(
+        RunState.SUCCEEDED,
+        """document || '{"touched": "everything"}'""",
+        "touched: Input should be a valid tuple",
+        id="an-ended-run",
+    ),
+]
+
+
+@pytest.mark.parametrize(("state", "breakage", "reason"), UNREADABLE)
+def test_a_document_that_no_longer_parses_is_shown_from_its_columns(
+    store: RunStore, engine: Engine, state: RunState, breakage: str, reason: str
+) -> None:
+    llm = ServiceProgress(service="ai-llm", change="GPU")
+    store.create(record(make_run("run-1", services=(llm,)), previous="services: {}\n"))
+    store.update(record(make_run("run-1", state, services=(llm,)), previous="services: {}\n"))
+    with engine.begin() as conn:
+        conn.execute(text(f"UPDATE {TABLE} SET document = {breakage}"))
+
+    reads = [store.get("run-1"), store.latest(), *store.history()]
+    reads += [store.active()] if state.active else [store.last_succeeded()]
+    for found in reads:
+        assert found is not None and found.unreadable is not None and reason in found.unreadable
+        assert found.run.id == "run-1" and found.run.state is state and found.run.revision == 3
+        assert found.run.created_at == FIXED_TIME and found.run.services == ()
+        assert found.target_override == OVERRIDE and found.previous_override == "services: {}\n"
+        assert any("cannot read the stored run" in note for note in found.run.notes)
+
+
+def test_ending_an_unreadable_active_run_frees_the_one_active_rule(store: RunStore, engine: Engine) -> None:
+    store.create(record(make_run("run-1", RunState.RUNNING)))
     with engine.begin() as conn:
         conn.execute(text(f"""UPDATE {TABLE} SET document = document - 'kind' || '{{"state": "paused"}}'"""))
+    left = store.active()
+    assert left is not None and left.unreadable is not None
 
-    for read in (lambda: store.get("run-1"), store.latest, store.active, store.history):
-        with pytest.raises(RunUnreadable, match="run run-1 cannot be read: 2 validation errors for ApplyRun") as raised:
-            read()
-        assert raised.value.run_id == "run-1"
+    # What the controller does with it: record its stand-in as failed, with the reason.
+    ended = left.run.model_copy(update={"state": RunState.FAILED, "error": f"cannot read it: {left.unreadable}"})
+    store.update(RunRecord(ended, left.target_override, left.previous_override))
+
+    assert store.active() is None
+    again = store.get("run-1")
+    assert again is not None and again.unreadable is None and again.run.state is RunState.FAILED
+    store.create(record(make_run("run-2")))
 
 
 def test_an_unreachable_database_is_typed() -> None:
     store = RunStore(make_engine(f"postgresql://postgres@127.0.0.1:{free_port()}/gpuplane"))
-    with pytest.raises(DatabaseUnavailable, match="cannot read run run-1: OperationalError: .*refused"):
+    with pytest.raises(DatabaseUnavailable, match="^cannot read run run-1: the database is not answering$") as raised:
         store.get("run-1")
-    with pytest.raises(DatabaseUnavailable, match="cannot record run run-1: OperationalError"):
+    assert isinstance(raised.value, StoreUnavailable)  # what the controller waits out instead of failing the run
+    assert raised.value.detail is not None and raised.value.detail.startswith("OperationalError: ")
+    assert "refused" in raised.value.detail
+    with pytest.raises(DatabaseUnavailable, match="cannot record run run-1: the database is not answering"):
         store.create(record(make_run("run-1")))
     with pytest.raises(DatabaseUnavailable, match="cannot update run run-1"):
         store.update(record(make_run("run-1")))
