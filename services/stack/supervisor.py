@@ -12,12 +12,13 @@ import contextlib
 import ctypes
 import logging
 import os
+import pwd
 import signal
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from shared.errors import ProcessStartError
 
@@ -47,12 +48,31 @@ class ProcessSpec:
     argv: list[str]
     env: dict[str, str] = field(default_factory=dict)
     user: str | None = None
+    """Run as this system user and its primary group only (needs root); None: as we are."""
     log_file: Path | None = None
     """Where stdout/stderr go; None: inherit the supervisor's (the terminal)."""
     stop_signal: int = signal.SIGTERM
     stop_timeout_s: float = 10.0
     ready: Callable[[], Awaitable[bool]] | None = None
     ready_timeout_s: float = 60.0
+
+
+def popen_identity(user: str | None) -> dict[str, Any]:
+    """``subprocess``/``asyncio`` keyword arguments that run a child as ``user``, in that user's
+    primary group only; ``{}`` for ``None`` or when we already are that (non-root) user.
+
+    ``user=`` alone switches the uid but keeps the parent's groups: started by root, the child
+    would keep gid 0 and root's supplementary groups, and with them access to root's files.
+    """
+    if user is None:
+        return {}
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError as exc:
+        raise ProcessStartError(f"cannot run a process as {user}: no such system user") from exc
+    if os.geteuid() != 0 and entry.pw_uid == os.geteuid():
+        return {}  # nothing to switch, and only root may change its groups
+    return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
 
 
 def _child_setup(death_signal: int) -> Callable[[], None]:
@@ -96,8 +116,8 @@ class Supervised:
             stdout=out,
             stderr=out,
             start_new_session=True,
-            user=self.spec.user,
             preexec_fn=_child_setup(self.spec.stop_signal),
+            **popen_identity(self.spec.user),
         )
         self._started_at = time.monotonic()
         self._on_start(self.spec.name, self.process.pid)

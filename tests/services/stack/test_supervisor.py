@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import pwd
 import signal
 import subprocess
 import sys
@@ -12,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from services.stack.supervisor import Backoff, ProcessSpec, Supervisor
+from services.stack.supervisor import Backoff, ProcessSpec, Supervisor, popen_identity
 from shared.errors import ProcessStartError
 from tests.realdeps import pids_alive
 
@@ -133,3 +135,39 @@ asyncio.run(main())
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_popen_identity_names_the_missing_user() -> None:
+    assert popen_identity(None) == {}
+    with pytest.raises(ProcessStartError, match="no-such-gpuplane-user: no such system user"):
+        popen_identity("no-such-gpuplane-user")
+
+
+def _status_ids(text: str, key: str) -> list[int]:
+    line = next(line for line in text.splitlines() if line.startswith(f"{key}:"))
+    return [int(v) for v in line.split()[1:]]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can run a child as another user")
+async def test_a_child_run_as_another_user_keeps_none_of_roots_groups(tmp_path: Path) -> None:
+    """``user=`` alone would leave gid 0 and root's supplementary groups to the child."""
+    try:
+        entry = pwd.getpwnam("nobody")
+    except KeyError:
+        pytest.skip("no user 'nobody' on this machine")
+    out = tmp_path / "status.log"
+    sup = Supervisor(Backoff(initial_s=30))
+    try:
+        await sup.start(
+            ProcessSpec(name="status", argv=["cat", "/proc/self/status"], user="nobody", log_file=out)
+        )
+        for _ in range(100):
+            if out.exists() and "Groups:" in out.read_text():
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await sup.stop_all()
+    status = out.read_text()
+    assert set(_status_ids(status, "Uid")) == {entry.pw_uid}
+    assert set(_status_ids(status, "Gid")) == {entry.pw_gid}
+    assert _status_ids(status, "Groups") == []
