@@ -13,6 +13,14 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+from shared.names import Name
+
+GPU_INDEX_MAX = 1023
+"""No machine has more GPUs than this; a bigger index is a mistake, not a GPU."""
+REVISION_MAX = 2**31 - 1
+"""Revisions are PostgreSQL integers."""
+GpuIndex = Annotated[int, Field(ge=0, le=GPU_INDEX_MAX)]
+
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
@@ -51,7 +59,7 @@ class Gpu(Frozen):
     ``*_mb`` fields are MiB (2**20 bytes), the unit nvidia-smi prints as "MiB".
     """
 
-    index: int = Field(ge=0)
+    index: int = Field(ge=0, le=GPU_INDEX_MAX)
     uuid: str
     name: str
     pci_bus_id: str
@@ -82,7 +90,7 @@ class InventoryChangeKind(StrEnum):
 class InventoryChange(Frozen):
     kind: InventoryChangeKind
     uuid: str
-    index: int
+    index: int = Field(ge=0, le=GPU_INDEX_MAX)
     name: str
     reason: str | None = None
 
@@ -91,7 +99,7 @@ class Inventory(Message):
     """The full GPU inventory of one host, published periodically and at once on a change."""
 
     type: Literal["gpuplane.inventory.v1"] = "gpuplane.inventory.v1"
-    host: str
+    host: Name
     source: InventorySource
     gpus: tuple[Gpu, ...] = ()
     detected_at: datetime = Field(default_factory=utc_now)
@@ -116,7 +124,7 @@ class GpuHealthChanged(Message):
     """A GPU appeared, disappeared, turned unhealthy or recovered."""
 
     type: Literal["gpuplane.gpu_health.v1"] = "gpuplane.gpu_health.v1"
-    host: str
+    host: Name
     source: InventorySource
     change: InventoryChange
     at: datetime = Field(default_factory=utc_now)
@@ -145,7 +153,7 @@ class Heartbeat(Message):
     type: Literal["gpuplane.heartbeat.v1"] = "gpuplane.heartbeat.v1"
     service: ServiceName
     instance: str
-    host: str
+    host: Name
     pid: int
     started_at: datetime
     at: datetime = Field(default_factory=utc_now)
@@ -160,7 +168,7 @@ class HealthReply(Message):
     type: Literal["gpuplane.health.reply.v1"] = "gpuplane.health.reply.v1"
     service: ServiceName
     instance: str
-    host: str
+    host: Name
     ok: bool
     started_at: datetime
     version: str
@@ -171,7 +179,7 @@ class ErrorReply(Message):
     """What a responder sends back instead of its normal reply when the request cannot be served."""
 
     type: Literal["gpuplane.error.v1"] = "gpuplane.error.v1"
-    code: Literal["bad_request", "unavailable", "internal", "conflict", "not_found", "overloaded"]
+    code: Literal["bad_request", "unavailable", "internal", "conflict", "not_found", "overloaded", "forbidden"]
     message: str
     field: str | None = None
     """Dotted path of the request field at fault (``assignments.2.service``), for bad requests."""
@@ -194,12 +202,14 @@ class StrategyInfo(Frozen):
 class AssignmentRequest(Frozen):
     """One service as the user wants it: a GPU (or none: placed by the strategy), a budget."""
 
-    service: str = Field(min_length=1)
-    gpu_index: int | None = Field(default=None, ge=0, description="The GPU; null lets the strategy choose.")
-    gpu_indices: tuple[int, ...] | None = Field(
-        default=None, description="For a service that needs several GPUs: all of them, on one host."
+    service: Name
+    gpu_index: GpuIndex | None = Field(default=None, description="The GPU; null lets the strategy choose.")
+    gpu_indices: tuple[GpuIndex, ...] | None = Field(
+        default=None,
+        max_length=GPU_INDEX_MAX + 1,
+        description="For a service that needs several GPUs: all of them, on one host.",
     )
-    host: str | None = Field(default=None, description="Required only when several hosts have GPUs.")
+    host: Name | None = Field(default=None, description="Required only when several hosts have GPUs.")
     vram_budget_override: float | None = Field(default=None, gt=0, le=4096, description="VRAM budget in GB.")
     enabled: bool = True
 
@@ -207,9 +217,9 @@ class AssignmentRequest(Frozen):
 class ServiceAssignment(Frozen):
     """Where one service runs in a plan or in the saved configuration."""
 
-    service: str
+    service: Name
     model: str
-    host: str | None
+    host: Name | None
     gpu_indices: tuple[int, ...]
     """Empty when the service could not be placed (no GPUs, or none fits its needs)."""
     gpu_uuids: tuple[str, ...] = ()
@@ -231,8 +241,8 @@ class ServiceAssignment(Frozen):
 class GpuPlanLoad(Frozen):
     """What a plan puts on one GPU."""
 
-    host: str
-    index: int
+    host: Name
+    index: int = Field(ge=0, le=GPU_INDEX_MAX)
     name: str
     capacity_gb: float
     planned_gb: float
@@ -241,7 +251,7 @@ class GpuPlanLoad(Frozen):
 
 
 class AssignmentDiff(Frozen):
-    service: str
+    service: Name
     change: Literal["added", "moved", "budget", "removed", "unchanged"]
     before: str | None
     after: str | None
@@ -315,7 +325,7 @@ class ConfigRestoreRequest(Message):
     """Save an earlier revision's assignments again, as a new revision (a rollback does this)."""
 
     type: Literal["gpuplane.planner.config.restore.v1"] = "gpuplane.planner.config.restore.v1"
-    revision: int = Field(ge=1)
+    revision: int = Field(ge=1, le=REVISION_MAX)
 
 
 # --------------------------------------------------------------------------- orchestrator
@@ -361,7 +371,7 @@ class ServiceState(StrEnum):
 class ServiceProgress(Frozen):
     """One service a run changes."""
 
-    service: str
+    service: Name
     state: ServiceState = ServiceState.PENDING
     change: str
     """Why it is in the run, e.g. "GPU GPU-aa.. -> GPU-bb..", "VRAM_BUDGET_GB 6.8 -> 3.5"."""
@@ -377,7 +387,7 @@ class ServiceProgress(Frozen):
 class TouchedContainer(Frozen):
     """A container the compose command removed or created, and why (it may not be the one asked for)."""
 
-    service: str
+    service: Name
     container_before: str | None
     container_after: str | None
     why: str
@@ -409,7 +419,7 @@ class ApplyRun(Frozen):
 class Drift(Frozen):
     """A container that does not run what the applied configuration says (changed by hand, say)."""
 
-    service: str
+    service: Name
     container: str | None
     expected: str
     """The GPUs the applied configuration gives it."""
@@ -456,7 +466,7 @@ class RunProgress(Message):
 
     type: Literal["gpuplane.orchestrator.progress.v1"] = "gpuplane.orchestrator.progress.v1"
     run: ApplyRun
-    service: str | None = None
+    service: Name | None = None
     """The service whose state changed; None for a change of the run's own state."""
     state: str
     """The new state of ``service`` (pending, recreating, healthy, failed, restored), else of the run."""
@@ -514,8 +524,8 @@ class WorkerStatus(Message):
     """
 
     type: Literal["gpuplane.worker.status.v1"] = "gpuplane.worker.status.v1"
-    worker_id: str
-    host: str
+    worker_id: Name
+    host: Name
     device: str
     """``cuda:N`` (N is the detector's index on ``host``) or ``cpu``."""
     gpu_index: int | None = None
@@ -587,9 +597,9 @@ class WorkerResult(Message):
 
     type: Literal["gpuplane.worker.result.v1"] = "gpuplane.worker.result.v1"
     task_id: str
-    worker_id: str
+    worker_id: Name
     device: str
-    host: str
+    host: Name
     group: str
     bodies: tuple[dict[str, Any], ...]
     loaded_group: bool = False
@@ -605,9 +615,9 @@ class InferenceResult(Message):
     request_id: str
     body: dict[str, Any] | None = None
     """None for a streamed request (the body went out as chunks)."""
-    worker_id: str
+    worker_id: Name
     device: str
-    host: str
+    host: Name
     route: Route
     group: str
     reason: str
@@ -630,9 +640,9 @@ class StreamChunk(Message):
     """An OpenAI ``chat.completion.chunk`` / ``text_completion`` object."""
     done: bool = False
     error: str | None = None
-    worker_id: str | None = None
+    worker_id: Name | None = None
     device: str | None = None
-    host: str | None = None
+    host: Name | None = None
     route: Route | None = None
     attempt: int = Field(default=1, ge=1)
 
@@ -651,7 +661,7 @@ class WorkerView(Frozen):
 class DeviceStats(Frozen):
     """``/api/gpu_stats`` figures of one device (memory in GB, as the older clients expect)."""
 
-    host: str
+    host: Name
     device: str
     name: str | None = None
     utilization: float
@@ -695,6 +705,69 @@ class RouterState(Message):
     at: datetime = Field(default_factory=utc_now)
 
 
+class RouterHeldQuery(Message):
+    """A gateway asks every router: which of these inference requests are you still working on?"""
+
+    type: Literal["gpuplane.router.held.request.v1"] = "gpuplane.router.held.request.v1"
+    request_ids: tuple[str, ...] = Field(max_length=100_000)
+
+
+class RouterHeld(Message):
+    """One router's answer: the requests of the query it holds (queued, placed or streaming)."""
+
+    type: Literal["gpuplane.router.held.v1"] = "gpuplane.router.held.v1"
+    router: str
+    request_ids: tuple[str, ...] = ()
+
+
+class WorkerHeldQuery(Message):
+    """A router asks one worker: which of these tasks do you still hold (queued or running)?"""
+
+    type: Literal["gpuplane.worker.held.request.v1"] = "gpuplane.worker.held.request.v1"
+    task_ids: tuple[str, ...] = Field(max_length=100_000)
+
+
+class WorkerHeld(Message):
+    type: Literal["gpuplane.worker.held.v1"] = "gpuplane.worker.held.v1"
+    worker_id: Name
+    task_ids: tuple[str, ...] = ()
+
+
+# --------------------------------------------------------------------------- audit
+
+
+class AuditAction(StrEnum):
+    """What changed. The names are subject tokens: ``gpuplane.audit.<action>``."""
+
+    CONFIG_SAVE = "config_save"
+    APPLY = "apply"
+    ROLLBACK = "rollback"
+    RESCAN = "rescan"
+    KEY_CREATE = "key_create"
+    KEY_REVOKE = "key_revoke"
+    LOGIN = "login"
+    AUTH_FAILURE = "auth_failure"
+
+
+class AuditRecord(Message):
+    """One entry of the audit trail: who changed what, when, from where (kept in PostgreSQL, published on NATS)."""
+
+    type: Literal["gpuplane.audit.v1"] = "gpuplane.audit.v1"
+    id: int | None = None
+    """The row's id in PostgreSQL once stored (None on the event published before the write)."""
+    at: datetime = Field(default_factory=utc_now)
+    action: AuditAction
+    actor: str
+    """The admin token's name, an inference key's name, or ``unknown`` for a failed authentication."""
+    actor_kind: Literal["admin", "session", "key", "unknown"]
+    address: str | None = None
+    """The client's IP address."""
+    outcome: Literal["ok", "refused", "failed"] = "ok"
+    target: dict[str, str] = Field(default_factory=dict)
+    """What was changed: ``revision``, ``run_id``, ``key``, ``path``..."""
+    detail: str | None = None
+
+
 AnyMessage = Annotated[
     Inventory
     | GpuHealthChanged
@@ -725,7 +798,12 @@ AnyMessage = Annotated[
     | InferenceResult
     | StreamChunk
     | RouterStateRequest
-    | RouterState,
+    | RouterState
+    | RouterHeldQuery
+    | RouterHeld
+    | WorkerHeldQuery
+    | WorkerHeld
+    | AuditRecord,
     Field(discriminator="type"),
 ]
 _ANY = TypeAdapter(AnyMessage)
@@ -770,6 +848,11 @@ def message_types() -> dict[str, type[Message]]:
         StreamChunk,
         RouterStateRequest,
         RouterState,
+        RouterHeldQuery,
+        RouterHeld,
+        WorkerHeldQuery,
+        WorkerHeld,
+        AuditRecord,
     ):
         result[model.model_fields["type"].default] = model
     return result

@@ -14,7 +14,7 @@ from alembic.config import Config
 from alembic.util import CommandError
 from sqlalchemy import Connection, Engine, create_engine, func, select, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError, SQLAlchemyError
 
 from shared.errors import ConfigError, GpuplaneError
 
@@ -22,7 +22,26 @@ log = logging.getLogger(__name__)
 
 
 class DatabaseUnavailable(GpuplaneError):
-    """The database did not answer."""
+    """The database did not answer (or refused). The message says what failed in words fit for any client;
+    ``detail`` keeps the driver's text (addresses, ports, server messages) for the log only."""
+
+    def __init__(self, message: str, detail: str | None = None) -> None:
+        super().__init__(message)
+        self.detail = detail
+
+
+def unavailable(what: str, exc: Exception) -> DatabaseUnavailable:
+    """``DatabaseUnavailable`` for a driver error: what failed and a plain reason; the driver's text as detail."""
+    orig = getattr(exc, "orig", None) or exc
+    text = str(orig)
+    lowered = text.lower()
+    if "password authentication failed" in lowered or "no password supplied" in lowered:
+        reason = "refused gpuplane's credentials"
+    elif isinstance(exc, OperationalError) or "connection" in lowered or "timeout" in lowered:
+        reason = "is not answering"
+    else:
+        reason = "failed (the service's log has the database's message)"
+    return DatabaseUnavailable(f"{what}: the database {reason}", detail=f"{type(orig).__name__}: {text.strip()}")
 
 
 def normalize_url(url: str) -> str:
@@ -59,9 +78,9 @@ def ping(engine: Engine) -> str:
         with engine.connect() as conn:
             return str(conn.execute(text("SHOW server_version")).scalar_one())
     except DBAPIError as exc:
-        raise DatabaseUnavailable(f"database unreachable: {exc.__class__.__name__}: {exc.orig}") from exc
+        raise unavailable("database unreachable", exc) from exc
     except SQLAlchemyError as exc:
-        raise DatabaseUnavailable(f"database unreachable: {exc.__class__.__name__}: {exc}") from exc
+        raise unavailable("database unreachable", exc) from exc
 
 
 _ALEMBIC = threading.Lock()
@@ -83,7 +102,7 @@ def upgrade(engine: Engine, script_location: Path, lock_key: int, what: str) -> 
             config.attributes["connection"] = conn
             command.upgrade(config, "head")
     except DBAPIError as exc:
-        raise DatabaseUnavailable(f"cannot migrate {what}: {exc.__class__.__name__}: {exc.orig}") from exc
+        raise unavailable(f"cannot migrate {what}", exc) from exc
     except CommandError as exc:
         raise ConfigError(f"cannot migrate {what}: {exc}") from exc
 
@@ -94,7 +113,7 @@ def database_errors(action: str) -> Iterator[None]:
     try:
         yield
     except DBAPIError as exc:
-        raise DatabaseUnavailable(f"cannot {action}: {exc.__class__.__name__}: {exc.orig}") from exc
+        raise unavailable(f"cannot {action}", exc) from exc
 
 
 def advisory_lock(conn: Connection, key: int) -> None:
@@ -114,7 +133,7 @@ async def until_available(
             await asyncio.to_thread(step)
         except DatabaseUnavailable as exc:
             on_problem(str(exc))
-            log.warning("%s not ready (%s); retrying in %.1f s", what, exc, retry_s)
+            log.warning("%s not ready (%s; %s); retrying in %.1f s", what, exc, exc.detail, retry_s)
             await asyncio.sleep(retry_s)
         else:
             on_problem(None)

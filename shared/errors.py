@@ -4,7 +4,18 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-ReplyCode = Literal["bad_request", "unavailable", "internal", "conflict", "not_found", "overloaded"]
+ReplyCode = Literal["bad_request", "unavailable", "internal", "conflict", "not_found", "overloaded", "forbidden"]
+
+HTTP_STATUS: dict[ReplyCode, int] = {
+    "bad_request": 422,
+    "forbidden": 403,
+    "not_found": 404,
+    "conflict": 409,
+    "overloaded": 429,
+    "unavailable": 503,
+    "internal": 500,
+}
+"""The one table from an error's code to its HTTP status (under /v1, OpenAI's clients get 400 for bad_request)."""
 
 
 class GpuplaneError(Exception):
@@ -40,6 +51,16 @@ class Conflict(GpuplaneError):
     def __init__(self, message: str, context: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.context = dict(context or {})
+
+
+class Forbidden(GpuplaneError):
+    """The credential is valid but may not do this (a key asking above its priority); ``field`` says what."""
+
+    reply_code: ClassVar[ReplyCode] = "forbidden"
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class NotFound(GpuplaneError):

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from shared.contracts import GroupInfo, InferenceKind, ModelInfo
 from shared.errors import ConfigError
+from shared.names import Name
 
 
 class ModelEntry(BaseModel):
@@ -31,7 +32,7 @@ class ModelEntry(BaseModel):
 class GroupEntry(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    id: str = Field(min_length=1)
+    id: Name
     vram_gb: float = Field(gt=0, le=4096)
     load_time_s: float = Field(default=5.0, ge=0, le=3600)
     """Loading from disk; from the CPU cache it takes ``cpu_reload_fraction`` of that."""

@@ -20,6 +20,8 @@ from shared import __version__
 from shared.bus.base import Bus, Delivery
 from shared.contracts import HealthReply, HealthRequest, Heartbeat, ServiceName, utc_now
 from shared.errors import BusError, ServiceCrashed
+from shared.identities import Identity
+from shared.natsauth import redact_url
 from shared.settings import CommonSettings
 from shared.subjects import health, heartbeat, queue_group
 from shared.telemetry import serve_metrics, setup_logging, setup_tracing
@@ -83,14 +85,25 @@ class ServiceContext:
 
 
 async def nats_bus_factory(settings: CommonSettings, name: ServiceName) -> Bus:
+    """Connect as this service's NATS identity, with the credentials its settings (or the data dir) give."""
     from shared.bus.nats import connect
 
-    log.info("connecting to NATS at %s", settings.nats_url)
+    identity = Identity.of(name)
+    credentials = settings.nats_credentials(identity)
+    log.info(
+        "connecting to NATS at %s as %s (credentials: %s)",
+        redact_url(settings.nats_url),
+        identity.value,
+        credentials.source if credentials else "none",
+    )
     return await connect(
         settings.nats_url,
         service=name.value,
+        identity=identity,
+        credentials=credentials,
         request_timeout_s=settings.request_timeout_s,
         drain_timeout_s=settings.drain_timeout_s,
+        trace_status_messages=settings.trace_status_messages,
     )
 
 

@@ -6,14 +6,30 @@ environment variables, then the defaults here. Nothing reads the environment at 
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 from pathlib import Path
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.identities import Identity
+from shared.names import Name
+from shared.natsauth import NatsCredentials, find_credentials
+
 DEFAULT_NATS_PORT = 4222
 DEFAULT_HTTP_PORT = 8080
+
+
+def is_loopback(host: str) -> bool:
+    """Whether an address to listen on is reachable from this machine only."""
+    name = host.strip().strip("[]").lower()
+    if name in ("localhost", "ip6-localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 def default_host_name() -> str:
@@ -27,9 +43,19 @@ class CommonSettings(BaseSettings):
 
     nats_url: str = Field(
         default=f"nats://127.0.0.1:{DEFAULT_NATS_PORT}",
-        description="NATS server(s) to connect to, comma-separated.",
+        description="NATS server(s) to connect to, comma-separated (user and password may be in the URL).",
     )
-    host_name: str = Field(
+    nats_credentials_file: Path | None = Field(
+        default=None,
+        description="This process's NATS credentials (default: its identity's file under GPUPLANE_DATA_DIR, "
+        "if gpuplane up wrote one).",
+    )
+    data_dir: Path = Field(
+        default=Path(".gpuplane"),
+        description="Where gpuplane up keeps its data and secrets (processes started by hand find their "
+        "NATS identity there).",
+    )
+    host_name: Name = Field(
         default_factory=default_host_name,
         description="Name of this machine in subjects and inventories.",
     )
@@ -42,11 +68,20 @@ class CommonSettings(BaseSettings):
         default="127.0.0.1", description="Address of the metrics endpoint (0.0.0.0 in a container)."
     )
     otlp_endpoint: str | None = Field(
-        default=None, description="OTLP/HTTP endpoint for traces; none exported when unset."
+        default=None,
+        description="OTLP/HTTP endpoint for traces (the standard OTEL_EXPORTER_OTLP_ENDPOINT works too); "
+        "no spans are made when neither is set.",
+    )
+    trace_status_messages: bool = Field(
+        default=False, description="Also trace heartbeats and worker statuses (noisy; off by default)."
     )
     heartbeat_interval_s: float = Field(default=2.0, gt=0, description="How often a service says it is alive.")
     request_timeout_s: float = Field(default=5.0, gt=0, description="Default timeout of a bus request.")
     drain_timeout_s: float = Field(default=5.0, gt=0, description="How long a stopping service may drain.")
+
+    def nats_credentials(self, identity: Identity) -> NatsCredentials | None:
+        """This process's NATS credentials: the file given, else ``identity``'s under the data dir, if any."""
+        return find_credentials(self.nats_credentials_file, self.data_dir, identity)
 
 
 def data_dir_path(raw: str | Path) -> Path:

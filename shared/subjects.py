@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from shared.contracts import ServiceName
+from shared.contracts import GpuHealthChanged, Heartbeat, Inventory, Message, ServiceName, WorkerStatus
 
 PREFIX = "gpuplane"
 
@@ -85,21 +85,48 @@ ROUTER_INFER = f"{PREFIX}.svc.router.infer"
 ROUTER_STATE = f"{PREFIX}.svc.router.state"
 
 # Workers: registration/heartbeat with load figures (every router listens), and each worker's own
-# task subject (a router sends a task to the one worker it chose).
+# task subject (a router sends a task to the one worker it chose). The host is a token of its own so
+# that NATS permissions can let a worker identity speak only for its own host's workers.
 WORKER_STATUS_ALL = f"{PREFIX}.worker.status.>"
+WORKER_TASK_ALL = f"{PREFIX}.worker.task.>"
+WORKER_HELD_ALL = f"{PREFIX}.worker.held.>"
 
 
-def worker_status(worker_id: str) -> str:
-    return f"{PREFIX}.worker.status.{token(worker_id)}"
+def worker_status(host: str, worker_id: str) -> str:
+    return f"{PREFIX}.worker.status.{token(host)}.{token(worker_id)}"
 
 
-def worker_task(worker_id: str) -> str:
-    return f"{PREFIX}.worker.task.{token(worker_id)}"
+def worker_task(host: str, worker_id: str) -> str:
+    return f"{PREFIX}.worker.task.{token(host)}.{token(worker_id)}"
 
 
-def stream_chunks(owner: str, request_id: str) -> str:
-    """Chunks of one streamed answer, sent to whoever waits for them (a gateway, a router relay)."""
-    return f"{PREFIX}.stream.{token(owner)}.{token(request_id)}"
+def worker_held(host: str, worker_id: str) -> str:
+    """Ask one worker which of the given tasks it still holds (a router looking for lost answers)."""
+    return f"{PREFIX}.worker.held.{token(host)}.{token(worker_id)}"
+
+
+# Every router answers: which of these inference requests do you hold? (a gateway looking for lost answers)
+ROUTER_HELD = f"{PREFIX}.router.held"
+
+# Streamed answers: chunks go to the process that waits for them, a router's relay or a gateway. The
+# owner's kind is a token of its own so that each identity may publish only towards the next hop.
+STREAM_TO_ROUTER = f"{PREFIX}.stream.router.>"
+STREAM_TO_API = f"{PREFIX}.stream.api.>"
+
+
+def stream_chunks(owner: ServiceName, instance: str, request_id: str) -> str:
+    """Chunks of one streamed answer, sent to the ``owner`` process ``instance`` that waits for them."""
+    if owner not in (ServiceName.ROUTER, ServiceName.API):
+        raise InvalidSubjectToken(f"streamed answers go to a router or a gateway, not to a {owner.value}")
+    return f"{PREFIX}.stream.{owner.value}.{token(instance)}.{token(request_id)}"
+
+
+# The audit trail: every change of state made through the gateway, who made it and from where.
+AUDIT_ALL = f"{PREFIX}.audit.>"
+
+
+def audit(action: str) -> str:
+    return f"{PREFIX}.audit.{token(action)}"
 
 
 def queue_group(service: ServiceName) -> str:
@@ -119,11 +146,12 @@ class StreamSpec:
 
 
 # Events a UI that connects late needs: the latest inventory of every host and the latest saved
-# configuration, the progress of the last apply. Only a short history per subject is kept; the
-# latest is what matters.
+# configuration, the progress of the last apply, the latest audit record of each action. Only a
+# short history per subject is kept; the latest is what matters (the audit trail itself is in
+# PostgreSQL).
 EVENTS_STREAM = StreamSpec(
     name="GPUPLANE_EVENTS",
-    subjects=(INVENTORY_ALL, GPU_HEALTH_ALL, CONFIG_CHANGED, ORCHESTRATOR_PROGRESS),
+    subjects=(INVENTORY_ALL, GPU_HEALTH_ALL, CONFIG_CHANGED, ORCHESTRATOR_PROGRESS, AUDIT_ALL),
     max_msgs_per_subject=16,
     max_age_s=7 * 24 * 3600.0,
 )
@@ -159,3 +187,20 @@ def matches(pattern: str, subject: str) -> bool:
         if p != "*" and p != s_tokens[i]:
             return False
     return len(p_tokens) == len(s_tokens)
+
+
+def sender_subject(message: Message) -> str | None:
+    """The subject a message that names its sender (a host, a worker, a service) must arrive on.
+
+    NATS permissions let an identity publish only on its own subjects; a body that claims another
+    sender than its subject says is forged, and the bus drops it. None: the message names no sender.
+    """
+    if isinstance(message, Inventory):
+        return inventory(message.host)
+    if isinstance(message, GpuHealthChanged):
+        return gpu_health(message.host)
+    if isinstance(message, WorkerStatus):
+        return worker_status(message.host, message.worker_id)
+    if isinstance(message, Heartbeat):
+        return heartbeat(message.service)
+    return None

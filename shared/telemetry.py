@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import cache
 
@@ -52,18 +53,37 @@ def setup_logging(service: str, level: str = "INFO", as_json: bool = False) -> N
     logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
+def tracing_wanted(otlp_endpoint: str | None, env: Mapping[str, str] | None = None) -> bool:
+    """Whether spans should be made at all: an endpoint is set (gpuplane's or OpenTelemetry's own
+    variables) and OpenTelemetry is not switched off (``OTEL_SDK_DISABLED``, ``OTEL_TRACES_EXPORTER=none``)."""
+    env = os.environ if env is None else env
+    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return False
+    if env.get("OTEL_TRACES_EXPORTER", "").strip().lower() == "none":
+        return False
+    endpoints = (otlp_endpoint, env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"), env.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
+    return any(endpoints)
+
+
 def setup_tracing(service: str, otlp_endpoint: str | None) -> None:
-    """Install an OpenTelemetry tracer provider; export over OTLP/HTTP only when configured."""
+    """Install an OpenTelemetry tracer provider exporting over OTLP/HTTP, when an endpoint is configured.
+
+    The standard ``OTEL_*`` variables apply (endpoint, headers, timeout, sampler, ``OTEL_SERVICE_NAME``,
+    ``OTEL_RESOURCE_ATTRIBUTES``); ``GPUPLANE_OTLP_ENDPOINT`` is a full traces URL and wins. With no
+    endpoint, no provider is installed and spans cost next to nothing (they are never recorded).
+    """
+    if not tracing_wanted(otlp_endpoint):
+        return
     from opentelemetry import trace
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-    provider = TracerProvider(resource=Resource.create({"service.name": f"gpuplane-{service}"}))
-    if otlp_endpoint:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor
-
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=otlp_endpoint)))
+    attributes = {} if os.environ.get("OTEL_SERVICE_NAME") else {"service.name": f"gpuplane-{service}"}
+    provider = TracerProvider(resource=Resource.create(attributes))
+    exporter = OTLPSpanExporter(endpoint=otlp_endpoint) if otlp_endpoint else OTLPSpanExporter()
+    provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
 
 

@@ -211,20 +211,20 @@ async def _round_trips(url: str, samples: int, warmup: int) -> dict[str, list[fl
 
     async def heartbeat() -> None:
         while True:
-            await worker_bus.publish(worker_status(worker_id), status())
+            await worker_bus.publish(worker_status("bench", worker_id), status())
             await asyncio.sleep(0.5)
 
     async def direct() -> None:
         task = WorkerTask(task_id=uuid.uuid4().hex, request_ids=(uuid.uuid4().hex,), kind=InferenceKind.CHAT,
                           model=model.id, group=group.id, bodies=(BODIES[InferenceKind.CHAT],))
-        await client_bus.request(worker_task(worker_id), task, WorkerResult, timeout_s=10)
+        await client_bus.request(worker_task("bench", worker_id), task, WorkerResult, timeout_s=10)
 
     async def routed() -> None:
         request = InferenceRequest(request_id=uuid.uuid4().hex, kind=InferenceKind.CHAT, model=model.id,
                                    body=BODIES[InferenceKind.CHAT])
         await client_bus.request(ROUTER_INFER, request, InferenceResult, timeout_s=10)
 
-    await worker_bus.subscribe(worker_task(worker_id), WorkerTask, on_task, max_in_flight=64)
+    await worker_bus.subscribe(worker_task("bench", worker_id), WorkerTask, on_task, max_in_flight=64)
     beating = asyncio.create_task(heartbeat())
     router = Router(router_bus, RouterSettings(nats_url=url, embedding_batch_max=1, seed=0), CATALOG, "bench-router")
     await router.start()

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from services.planner.core.model import Precision, Role, ServiceSpec, mb
 from shared.errors import ConfigError
+from shared.names import NAME_RULE, is_valid_name
 
 LABEL_PREFIX = "gpuplane."
 EXTENSION_KEY = "x-gpuplane"
@@ -77,6 +78,9 @@ def parse_catalog(data: object, source: str) -> tuple[ServiceSpec, ...]:
 
 def _entry(raw: object, name: str, source_of: Callable[[str | None], str]) -> CatalogEntry:
     """Validate one service's entry; each problem names the file that set the key at fault."""
+    if not is_valid_name(name):
+        # The name reaches compose commands, override files and subjects: refuse it here, where the file is known.
+        raise ConfigError(f"{source_of(None)}: services.{name!r}: the service name is not valid: use {NAME_RULE}")
     try:
         return CatalogEntry.model_validate(raw)
     except ValidationError as exc:

@@ -20,6 +20,7 @@ def make_start(settings: RouterSettings) -> StartFn:
         ctx.add_health(router.health)
         ctx.on_stop(router.close)
         ctx.spawn(router.run_timers(), name="router-timers")
+        ctx.spawn(router.watch_answers(), name="router-answers")
 
     return start
 

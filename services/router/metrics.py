@@ -20,6 +20,7 @@ class RouterMetrics:
     circuit_changes: Counter
     batch_size: Histogram
     placement_duration: Histogram
+    lost_answers: Counter
 
 
 @cache
@@ -83,6 +84,11 @@ def router_metrics(registry: CollectorRegistry = REGISTRY) -> RouterMetrics:
             "gpuplane_router_placement_duration_seconds",
             "Time to decide where one request goes (the router's own overhead).",
             buckets=(0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.01),
+            registry=registry,
+        ),
+        lost_answers=Counter(
+            "gpuplane_router_lost_answers_total",
+            "Tasks whose worker no longer held them and whose answer never came (sent again).",
             registry=registry,
         ),
     )

@@ -18,6 +18,7 @@ from services.router.core.pools import Pools, PoolSettings, WorkerRecord, device
 from services.router.core.queue import PriorityQueue, QueueFull, retry_after_s
 from services.router.metrics import router_metrics
 from services.router.settings import RouterSettings
+from shared.answers import AnswerWatch
 from shared.bus.base import Bus, Delivery, Subscription
 from shared.contracts import (
     DeviceStats,
@@ -29,10 +30,14 @@ from shared.contracts import (
     InventorySource,
     ModelInfo,
     Priority,
+    RouterHeld,
+    RouterHeldQuery,
     RouterState,
     RouterStateRequest,
     ServiceName,
     StreamChunk,
+    WorkerHeld,
+    WorkerHeldQuery,
     WorkerResult,
     WorkerStatus,
     WorkerTask,
@@ -52,11 +57,13 @@ from shared.fleet import LatestInventories
 from shared.modelgroups import ModelCatalog
 from shared.subjects import (
     INVENTORY_ALL,
+    ROUTER_HELD,
     ROUTER_INFER,
     ROUTER_STATE,
     WORKER_STATUS_ALL,
     queue_group,
     stream_chunks,
+    worker_held,
     worker_task,
 )
 
@@ -116,7 +123,10 @@ class Pending:
 class OutTask:
     pending: Pending
     worker_id: str
+    host: str
+    sent_at: float
     lost: asyncio.Event = field(default_factory=asyncio.Event)
+    lost_why: str = "it went away with the request"
     stream_done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -154,6 +164,7 @@ class Router:
         )
         self.inventories = LatestInventories()
         self.out: dict[str, OutTask] = {}
+        self.answers = AnswerWatch(settings.answer_check_after_s, settings.answer_grace_s)
         self.peaks: dict[tuple[str, str], float] = {}
         self.metrics = router_metrics()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -174,6 +185,8 @@ class Router:
             max_in_flight=self.settings.max_in_flight_requests,
         )
         await self.bus.subscribe(ROUTER_STATE, RouterStateRequest, self._on_state, queue=queue_group_router())
+        # No queue group: a gateway asks every router which of its requests it holds.
+        await self.bus.subscribe(ROUTER_HELD, RouterHeldQuery, self._on_held)
 
     async def run_timers(self) -> None:
         """Sweep for lost workers, due batches and stuck requests; wake early when asked."""
@@ -195,6 +208,53 @@ class Router:
             self._worker_lost(worker_id, "it fell silent")
         self._give_up_stuck(now)
         self.pump()
+
+    async def watch_answers(self) -> None:
+        """Every ``answer_check_interval_s``, ask the workers about tasks out for a while; send the lost ones again."""
+        while True:
+            await asyncio.sleep(self.settings.answer_check_interval_s)
+            await self.check_answers()
+
+    async def check_answers(self) -> None:
+        """One round: a task whose worker no longer holds it and whose answer has not come is lost."""
+        now = self.clock()
+        by_worker: dict[tuple[str, str], list[str]] = {}
+        for task_id in self.answers.due({t: o.sent_at for t, o in self.out.items()}, now):
+            out = self.out[task_id]
+            by_worker.setdefault((out.host, out.worker_id), []).append(task_id)
+        for (host, worker_id), task_ids in by_worker.items():
+            try:
+                reply = await self.bus.request(
+                    worker_held(host, worker_id),
+                    WorkerHeldQuery(task_ids=tuple(task_ids)),
+                    WorkerHeld,
+                    timeout_s=self.settings.answer_grace_s,
+                )
+                held: tuple[str, ...] = reply.task_ids
+            except NoResponders:
+                held = ()  # the process is gone, and its tasks with it
+            except BusError as exc:
+                log.debug("worker %s did not say which tasks it holds: %s", worker_id, exc)
+                continue
+            self.answers.heard(task_ids, held, self.clock())
+        for task_id in self.answers.lost(self.out, self.clock()):
+            out = self.out[task_id]
+            if not out.lost.is_set():
+                log.warning(
+                    "the answer to request %s from worker %s was lost; sending it again",
+                    out.pending.first.request_id,
+                    out.worker_id,
+                )
+                self.metrics.lost_answers.inc()
+                out.lost_why = "its answer was lost on the way back"
+                out.lost.set()
+
+    async def _on_held(self, query: RouterHeldQuery, _: Delivery) -> RouterHeld:
+        """Which of a gateway's requests this router holds: waiting in a batch or the queue, or out."""
+        mine = {r.request_id for entry in self.queue for r in entry.item.requests}
+        mine.update(r.request_id for out in self.out.values() for r in out.pending.requests)
+        mine.update(r.request_id for r, _ in self.batcher.items())
+        return RouterHeld(router=self.instance, request_ids=tuple(r for r in query.request_ids if r in mine))
 
     async def close(self) -> None:
         for batch in self.batcher.flush():
@@ -448,14 +508,13 @@ class Router:
 
     async def _dispatch(self, pending: Pending, placement: Placement, record: WorkerRecord) -> None:
         task_id = uuid.uuid4().hex
-        out = OutTask(pending, placement.worker_id)
+        out = OutTask(pending, placement.worker_id, record.status.host, self.clock())
         self.out[task_id] = out
         relay: Subscription | None = None
+        relay_subject = stream_chunks(ServiceName.ROUTER, self.instance, task_id)
         try:
             if pending.streaming:
-                relay = await self.bus.subscribe(
-                    stream_chunks(self.instance, task_id), StreamChunk, self._relay(out, placement, record)
-                )
+                relay = await self.bus.subscribe(relay_subject, StreamChunk, self._relay(out, placement, record))
             task = WorkerTask(
                 task_id=task_id,
                 request_ids=tuple(r.request_id for r in pending.requests),
@@ -465,7 +524,7 @@ class Router:
                 bodies=tuple(r.body for r in pending.requests),
                 priority=pending.placement.priority,
                 exclusive=placement.exclusive_device is not None,
-                stream_subject=stream_chunks(self.instance, task_id) if pending.streaming else None,
+                stream_subject=relay_subject if pending.streaming else None,
                 attempt=pending.failures + pending.requeues + 1,
             )
             try:
@@ -500,6 +559,7 @@ class Router:
             self._answer(pending, placement, result)
         finally:
             self.out.pop(task_id, None)
+            self.answers.forget(task_id)
             if relay is not None:
                 await relay.unsubscribe()
             if pending.done:
@@ -509,7 +569,9 @@ class Router:
     async def _call(self, out: OutTask, task: WorkerTask) -> WorkerResult:
         """The worker's answer, or ``WorkerLost`` as soon as the worker is known to be gone."""
         call = asyncio.ensure_future(
-            self.bus.request(worker_task(out.worker_id), task, WorkerResult, timeout_s=self.settings.task_timeout_s)
+            self.bus.request(
+                worker_task(out.host, out.worker_id), task, WorkerResult, timeout_s=self.settings.task_timeout_s
+            )
         )
         lost = asyncio.ensure_future(out.lost.wait())
         try:
@@ -525,7 +587,7 @@ class Router:
                 self.pools.mark_gone(out.worker_id)
                 raise WorkerLost(f"worker {out.worker_id} is not running") from exc
         call.cancel()
-        raise WorkerLost(f"worker {out.worker_id} went away with the request")
+        raise WorkerLost(f"worker {out.worker_id}: {out.lost_why}")
 
     def _circuit(self, worker_id: str, *, ok: bool) -> None:
         change = self.pools.on_done(worker_id, self.clock(), ok=ok)

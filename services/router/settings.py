@@ -45,6 +45,15 @@ class RouterSettings(CommonSettings):
     embedding_batch_window_s: float = Field(default=0.1, ge=0, description="How long a batch waits to fill.")
     stream_tail_s: float = Field(default=5.0, gt=0, description="How long to wait for a stream's last chunks.")
     seed: int | None = Field(default=None, description="Seed of the policies' randomness (tests, benchmarks).")
+    answer_check_interval_s: float = Field(
+        default=5.0, gt=0, description="How often to ask workers about tasks whose answers are long in coming."
+    )
+    answer_check_after_s: float = Field(
+        default=5.0, ge=0, description="Tasks out this long are asked about (their answer may have been lost)."
+    )
+    answer_grace_s: float = Field(
+        default=2.0, gt=0, description="A task its worker no longer holds is lost if unanswered this long after."
+    )
 
     @field_validator("routing_policy")
     @classmethod

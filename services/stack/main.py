@@ -19,12 +19,15 @@ from typing import IO
 import httpx
 
 from services.stack import embedded
+from services.stack.access import StackAccess, nats_authorization, prepare_access
 from services.stack.settings import StackSettings
 from services.stack.supervisor import Backoff, ProcessSpec, Supervisor
 from shared.contracts import Inventory, InventorySource, ServiceName
 from shared.database import redact
 from shared.errors import BusError, ConfigError, GpuplaneError
+from shared.identities import Identity
 from shared.modelgroups import load_model_catalog
+from shared.natsauth import redact_url
 from shared.subjects import INVENTORY_ALL
 
 log = logging.getLogger("gpuplane.up")
@@ -70,7 +73,7 @@ def plan_workers(settings: StackSettings, inventories: list[Inventory]) -> tuple
 
 
 def worker_specs(
-    settings: StackSettings, nats_url: str, plans: list[WorkerPlan]
+    settings: StackSettings, nats_url: str, plans: list[WorkerPlan], access: StackAccess
 ) -> list[ProcessSpec]:
     return [
         ProcessSpec(
@@ -85,6 +88,7 @@ def worker_specs(
                 "GPUPLANE_METRICS_PORT": "0",
                 "GPUPLANE_MODEL_GROUPS_FILE": str(_project_file(settings.model_groups_file)),
                 "PYTHONUNBUFFERED": "1",
+                **access.child_env(Identity.WORKER),
             },
         )
         for plan in plans
@@ -95,6 +99,14 @@ def worker_specs(
 class FleetChoice:
     fleet: Path | None
     reason: str
+
+    def hosts(self, this_host: str) -> tuple[str, ...]:
+        """The hosts the detector and the workers speak for (their NATS identities may name no other)."""
+        from services.detector.backends.simulated import load_fleet
+
+        if self.fleet is None:
+            return (this_host,)
+        return tuple(host for host, _ in load_fleet(self.fleet).host_gpus(this_host))
 
 
 def choose_fleet(settings: StackSettings) -> FleetChoice:
@@ -178,15 +190,15 @@ def _tcp_ready(port: int) -> Callable[[], Awaitable[bool]]:
     return ready
 
 
-def _postgres_ready(port: int) -> Callable[[], Awaitable[bool]]:
+def _postgres_ready(layout: embedded.PostgresLayout) -> Callable[[], Awaitable[bool]]:
+    """Ready once the superuser logs in with its password (the server asks everyone for one)."""
+
     async def ready() -> bool:
         import psycopg
 
         def probe() -> bool:
             try:
-                with psycopg.connect(
-                    f"postgresql://{embedded.PG_SUPERUSER}@127.0.0.1:{port}/postgres", connect_timeout=2
-                ):
+                with psycopg.connect(layout.admin_url(), connect_timeout=2):
                     return True
             except psycopg.Error:
                 return False
@@ -255,8 +267,9 @@ def _service_specs(
     fleet: FleetChoice,
     catalog: CatalogChoice,
     metrics: dict[ServiceName, int],
+    access: StackAccess,
 ) -> list[ProcessSpec]:
-    """The five services, each told where NATS and the database are."""
+    """The five services, each told where NATS and the database are, and handed its own credentials."""
     common = {
         "GPUPLANE_NATS_URL": nats_url,
         "GPUPLANE_DATABASE_URL": db_url,
@@ -267,7 +280,7 @@ def _service_specs(
     for name in SERVICE_ORDER:
         # Always set, so a GPUPLANE_METRICS_PORT exported in the shell cannot make four
         # services fight over one port.
-        env = {**common, "GPUPLANE_METRICS_PORT": str(metrics.get(name, 0))}
+        env = {**common, "GPUPLANE_METRICS_PORT": str(metrics.get(name, 0)), **access.child_env(Identity.of(name))}
         if name is ServiceName.DETECTOR:
             env["GPUPLANE_DETECTOR_BACKEND"] = "simulated" if fleet.fleet else settings.detector_backend
             if fleet.fleet:
@@ -300,10 +313,25 @@ async def _wait_healthy(settings: StackSettings) -> bool:
     return False
 
 
-async def _first_inventory(nats_url: str, timeout_s: float) -> list[Inventory]:
+async def _ensure_streams(nats_url: str, access: StackAccess, timeout_s: float) -> None:
+    """Create or update the JetStream streams as ``admin``, the one identity allowed to, before any service runs."""
     from shared.bus.nats import connect_once
 
-    bus = await connect_once(nats_url, service="up", timeout_s=timeout_s)
+    admin = access.credentials(Identity.ADMIN)
+    bus = await connect_once(nats_url, service="up", timeout_s=timeout_s, identity=Identity.ADMIN, credentials=admin)
+    await bus.drain()
+
+
+async def _first_inventory(nats_url: str, timeout_s: float, access: StackAccess) -> list[Inventory]:
+    from shared.bus.nats import connect_once
+
+    bus = await connect_once(
+        nats_url,
+        service="up",
+        timeout_s=timeout_s,
+        identity=Identity.OBSERVER,
+        credentials=access.credentials(Identity.OBSERVER),
+    )
     got: asyncio.Queue[Inventory] = asyncio.Queue()
 
     async def on_inventory(inv: Inventory, _: object) -> None:
@@ -334,19 +362,30 @@ def _banner(
     catalog: CatalogChoice,
     inventories: list[Inventory],
     metrics: dict[ServiceName, int],
+    access: StackAccess,
     workers: Sequence[WorkerPlan] = (),
     workers_why: str = "",
 ) -> str:
     api = f"http://{settings.http_host}:{settings.http_port}"
     nats_where = f"embedded, JetStream in {data_dir / 'nats'}" if nats_embedded else "external"
     db_where = f"embedded, data in {data_dir / 'postgres'}" if db_embedded else "external"
+    login = access.login_url(api)
     lines = [
         "",
         "gpuplane is up",
         f"  API        {api}   (OpenAPI docs: {api}/docs, health: {api}/healthz)",
-        f"  NATS       {nats_url}   ({nats_where})",
+        f"  Login      {login}   (the admin token: {access.admin_token_file or 'GPUPLANE_API_TOKEN'})"
+        if login
+        else "  Login      none needed: GPUPLANE_AUTH=off   <<< anyone on this machine can change everything >>>",
+        f"  NATS       {redact_url(nats_url)}   ({nats_where})",
+    ]
+    observer = access.observer_url(nats_url)
+    if observer:
+        lines.append(f"  Observer   {observer}   (read-only NATS identity: gpuplane watch, dashboards)")
+    lines += [
         f"  Database   {redact(db_url)}   ({db_where})",
-        f"  Data       {data_dir}   (nats and postgres logs there; service logs here)",
+        f"  Data       {data_dir}   (nats and postgres logs there, secrets in {data_dir / 'secrets'}; "
+        "service logs here)",
     ]
     if metrics:
         lines.append(
@@ -405,10 +444,20 @@ async def run_stack(settings: StackSettings) -> int:
         load_model_catalog(_project_file(settings.model_groups_file))
         metrics = _check_ports(settings)
 
+        access = await asyncio.to_thread(
+            prepare_access,
+            data_dir,
+            embedded_nats=not settings.nats_url,
+            auth_off=settings.auth == "off",
+            api_token=settings.api_token.get_secret_value() if settings.api_token else None,
+        )
+        if settings.auth == "off":
+            log.warning("GPUPLANE_AUTH=off: the gateway asks for no credential; anyone on this machine can use it")
         if settings.nats_url:
             nats_url, nats_embedded = settings.nats_url, False
         else:
-            layout, argv = embedded.prepare_nats(data_dir, settings.nats_port)
+            users = await asyncio.to_thread(nats_authorization, access.identities, fleet.hosts(settings.host_name))
+            layout, argv = embedded.prepare_nats(data_dir, settings.nats_port, users)
             await supervisor.start(
                 ProcessSpec(
                     name="nats-server",
@@ -419,6 +468,7 @@ async def run_stack(settings: StackSettings) -> int:
                 )
             )
             nats_url, nats_embedded = layout.url, True
+        await _ensure_streams(nats_url, access, settings.startup_timeout_s)
 
         if settings.database_url:
             db_url, db_embedded = settings.database_url, False
@@ -432,37 +482,37 @@ async def run_stack(settings: StackSettings) -> int:
                     user=pg_layout.system_user,
                     log_file=pg_layout.log,
                     stop_signal=signal.SIGINT,  # "fast" shutdown: do not wait for clients
-                    ready=_postgres_ready(pg_port),
+                    ready=_postgres_ready(pg_layout),
                     ready_timeout_s=settings.startup_timeout_s,
                 )
             )
-            await asyncio.to_thread(embedded.create_database_if_missing, pg_layout)
+            await asyncio.to_thread(embedded.ensure_database, pg_layout)
             db_url, db_embedded = pg_layout.url(), True
 
-        for spec in _service_specs(settings, nats_url, db_url, fleet, catalog, metrics):
+        for spec in _service_specs(settings, nats_url, db_url, fleet, catalog, metrics, access):
             await supervisor.start(spec)
         state.update(
             api_url=f"http://{settings.http_host}:{settings.http_port}",
-            nats_url=nats_url,
+            nats_url=redact_url(nats_url),
             database_url=redact(db_url),
             data_dir=str(data_dir),
             fleet=str(fleet.fleet) if fleet.fleet else None,
         )
 
         try:
-            inventories = await _first_inventory(nats_url, settings.startup_timeout_s)
+            inventories = await _first_inventory(nats_url, settings.startup_timeout_s, access)
         except (TimeoutError, BusError) as exc:
             log.warning("no inventory from the detector yet: %s", exc or "timed out")
             inventories = []
         plans, workers_why = plan_workers(settings, inventories)
-        for spec in worker_specs(settings, nats_url, plans):
+        for spec in worker_specs(settings, nats_url, plans, access):
             await supervisor.start(spec)
         if not await _wait_healthy(settings):
             log.warning("not every part reports healthy yet; see %s/healthz", f"http://127.0.0.1:{settings.http_port}")
         print(
             _banner(
                 settings, nats_url, nats_embedded, db_url, db_embedded, data_dir, fleet, catalog, inventories, metrics,
-                plans, workers_why,
+                access, plans, workers_why,
             ),
             flush=True,
         )

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.detector.settings import check_backend_name
-from shared.settings import DEFAULT_HTTP_PORT, DEFAULT_NATS_PORT
+from shared.names import Name
+from shared.settings import DEFAULT_HTTP_PORT, DEFAULT_NATS_PORT, default_host_name, is_loopback
 
 
 class StackSettings(BaseSettings):
@@ -16,6 +18,14 @@ class StackSettings(BaseSettings):
 
     http_port: int = Field(default=DEFAULT_HTTP_PORT, ge=1, le=65535, description="API gateway port.")
     http_host: str = Field(default="127.0.0.1", description="Address the API gateway listens on.")
+    host_name: Name = Field(default_factory=default_host_name, description="This machine's name in subjects.")
+    auth: Literal["on", "off"] = Field(
+        default="on", description="off: no credentials asked by the gateway (only while it listens on loopback)."
+    )
+    api_token: SecretStr | None = Field(
+        default=None, description="The admin token (default: made on first start in <data dir>/secrets/admin-token)."
+    )
+    metrics_host: str = Field(default="127.0.0.1", description="Where the services serve their metrics.")
     nats_port: int = Field(default=DEFAULT_NATS_PORT, ge=1, le=65535, description="Embedded NATS port.")
     nats_url: str | None = Field(
         default=None, description="Use this NATS instead of starting the embedded one."
@@ -55,6 +65,18 @@ class StackSettings(BaseSettings):
     startup_timeout_s: float = Field(default=60.0, gt=0, description="How long dependencies may take to start.")
     restart_backoff_initial_s: float = Field(default=0.5, gt=0)
     restart_backoff_max_s: float = Field(default=30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _auth_off_on_loopback_only(self) -> StackSettings:
+        metrics_on = self.metrics_base_port != 0
+        if self.auth == "off" and (
+            not is_loopback(self.http_host) or (metrics_on and not is_loopback(self.metrics_host))
+        ):
+            raise ValueError(
+                "GPUPLANE_AUTH=off is allowed only while every listener is on loopback "
+                "(GPUPLANE_HTTP_HOST, GPUPLANE_METRICS_HOST)"
+            )
+        return self
 
     @field_validator("workers")
     @classmethod

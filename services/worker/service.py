@@ -26,6 +26,8 @@ from shared.contracts import (
     InferenceKind,
     Inventory,
     StreamChunk,
+    WorkerHeld,
+    WorkerHeldQuery,
     WorkerResult,
     WorkerState,
     WorkerStatus,
@@ -35,7 +37,7 @@ from shared.contracts import (
 from shared.errors import BusError, ConfigError, GpuplaneError, InvalidRequest
 from shared.modelgroups import load_model_catalog
 from shared.service import ServiceContext, StartFn
-from shared.subjects import inventory, worker_status, worker_task
+from shared.subjects import inventory, worker_held, worker_status, worker_task
 
 log = logging.getLogger("gpuplane.worker")
 
@@ -113,6 +115,8 @@ class Worker:
         self._idle.set()
         self._subscription: Subscription | None = None
         self._final_sent = False
+        self._held: set[str] = set()
+        """Tasks accepted and not answered yet (queued or running)."""
 
     # --------------------------------------------------------------- lifecycle
 
@@ -125,11 +129,13 @@ class Worker:
         ctx.spawn(self.backend.maintain(), name="backend")
         ctx.spawn(self.run_status(), name="status")
         self._subscription = await self._bus.subscribe(
-            worker_task(self.identity.worker_id),
+            worker_task(self.identity.host, self.identity.worker_id),
             WorkerTask,
             self.on_task,
             max_in_flight=settings.task_concurrency_limit,
         )
+        held = worker_held(self.identity.host, self.identity.worker_id)
+        await self._bus.subscribe(held, WorkerHeldQuery, self.on_held)
         if settings.default_group is not None and not settings.lazy_load_model:
             ctx.spawn(self._preload(settings.default_group), name="preload")
         else:
@@ -170,11 +176,23 @@ class Worker:
 
     # --------------------------------------------------------------- tasks
 
+    async def on_held(self, query: WorkerHeldQuery, _: Delivery) -> WorkerHeld:
+        """Which of the router's tasks this worker still holds; the others' answers are sent (or lost)."""
+        held = tuple(t for t in query.task_ids if t in self._held)
+        return WorkerHeld(worker_id=self.identity.worker_id, task_ids=held)
+
     async def on_task(self, task: WorkerTask, _: Delivery) -> WorkerResult:
         """Queue, run and answer one task. Errors are typed; the bus turns them into error replies."""
         if self.state in (WorkerState.DRAINING, WorkerState.STOPPED):
             raise WorkerUnavailable(f"worker {self.identity.worker_id} is {self.state.value}; send the task elsewhere")
         self._check(task)
+        self._held.add(task.task_id)
+        try:
+            return await self._queue_and_run(task)
+        finally:
+            self._held.discard(task.task_id)
+
+    async def _queue_and_run(self, task: WorkerTask) -> WorkerResult:
         ticket = self.pool.submit(
             task.priority,
             now=self._clock(),
@@ -296,7 +314,7 @@ class Worker:
         if self._final_sent:
             return
         try:
-            await self._bus.publish(worker_status(self.identity.worker_id), self.status())
+            await self._bus.publish(worker_status(self.identity.host, self.identity.worker_id), self.status())
         except BusError as exc:
             log.debug("status not sent: %s", exc)
 

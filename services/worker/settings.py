@@ -14,6 +14,7 @@ from pydantic_settings import SettingsConfigDict
 
 from services.worker.core.device import default_slots, default_worker_id, parse_devices
 from shared.errors import ConfigError
+from shared.names import Name
 from shared.settings import CommonSettings
 
 __all__ = ["WorkerSettings", "default_slots", "parse_devices"]
@@ -39,7 +40,7 @@ class WorkerSettings(CommonSettings):
     )
     gpu: int | None = Field(default=None, ge=0, description="Shorthand for device cuda:N.")
     backend: str = Field(default="simulated", description="simulated or openai.")
-    worker_id: str | None = Field(default=None, description="Default: <host_name>-cuda<N> or <host_name>-cpu.")
+    worker_id: Name | None = Field(default=None, description="Default: <host_name>-cuda<N> or <host_name>-cpu.")
     slots: int | None = Field(
         default=None,
         ge=1,

@@ -67,6 +67,13 @@ class Bus(Protocol):
         """
         ...
 
+    async def gather(
+        self, subject: str, message: Message, reply_type: type[R], *, timeout_s: float, max_replies: int | None = None
+    ) -> list[R]:
+        """Send to every subscriber (queue groups: one member each) and collect the replies that come within
+        ``timeout_s``, or until ``max_replies`` came. Raises ``NoResponders`` when nobody listens."""
+        ...
+
     async def latest(self, subject_filter: str, message_type: type[M]) -> list[M]:
         """The last stored message of every subject matching ``subject_filter``."""
         ...

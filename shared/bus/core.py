@@ -9,7 +9,8 @@ import contextvars
 import logging
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from opentelemetry import propagate, trace
@@ -19,7 +20,7 @@ from pydantic import ValidationError
 from shared.bus.base import CORRELATION_HEADER, TYPE_HEADER, Delivery, Handler, M, R
 from shared.contracts import ErrorReply, Message
 from shared.errors import BusError, ContractError, GpuplaneError, RemoteError
-from shared.subjects import StreamSpec, stream_for
+from shared.subjects import HEARTBEAT_ALL, WORKER_STATUS_ALL, StreamSpec, matches, sender_subject, stream_for
 from shared.telemetry import BusMetrics
 
 log = logging.getLogger(__name__)
@@ -41,11 +42,47 @@ def reset_correlation_id(token: contextvars.Token[str | None]) -> None:
 
 
 def outgoing_headers(message: Message) -> dict[str, str]:
-    """Headers for a message leaving this process: type, correlation id, trace context."""
+    """Headers for a message leaving this process: type, correlation id, and the current span's trace context."""
     headers: dict[str, str] = {TYPE_HEADER: message.type}
     headers[CORRELATION_HEADER] = _correlation_id.get() or uuid.uuid4().hex
     propagate.inject(headers)
     return headers
+
+
+STATUS_SUBJECTS = (HEARTBEAT_ALL, WORKER_STATUS_ALL)
+"""Sent every second or two by every process: traced only when asked (``GPUPLANE_TRACE_STATUS_MESSAGES``)."""
+
+
+class Tracing:
+    """The bus's spans: one per message sent, request made and message handled, with OpenTelemetry's
+    messaging attributes; none for status messages unless asked."""
+
+    def __init__(self, *, trace_status_messages: bool = False) -> None:
+        self._tracer = trace.get_tracer("gpuplane.bus")
+        self._status = trace_status_messages
+
+    def traced(self, subject: str) -> bool:
+        return self._status or not any(matches(p, subject) for p in STATUS_SUBJECTS)
+
+    @contextmanager
+    def sending(self, subject: str, message: Message, *, request: bool = False) -> Iterator[dict[str, str]]:
+        """A producer (or client, for a request) span around a send; yields the headers to send, which
+        carry this span's context so that the receivers' spans are its children."""
+        if not self.traced(subject):
+            yield outgoing_headers(message)
+            return
+        with self._tracer.start_as_current_span(
+            f"{'request' if request else 'send'} {subject}",
+            kind=SpanKind.CLIENT if request else SpanKind.PRODUCER,
+            attributes={
+                "messaging.system": "nats",
+                "messaging.destination.name": subject,
+                "messaging.operation.type": "send",
+                "messaging.operation.name": "request" if request else "publish",
+                "gpuplane.message.type": message.type,
+            },
+        ):
+            yield outgoing_headers(message)
 
 
 def work_stream(subject: str) -> StreamSpec:
@@ -87,10 +124,17 @@ def decode_stored(
     found: list[M] = []
     for subject, data in stored:
         try:
-            found.append(decode(data, message_type, subject))
+            message = decode(data, message_type, subject)
         except ContractError as exc:
             metrics.errors.labels(service, pattern).inc()
             log.warning("skipping stored message: %s", exc)
+            continue
+        claimed = sender_subject(message)
+        if claimed is not None and claimed != subject:
+            metrics.errors.labels(service, pattern).inc()
+            log.warning("skipping a stored %s on %s that claims to come from %s", message.type, subject, claimed)
+            continue
+        found.append(message)
     return found
 
 
@@ -105,9 +149,10 @@ class Reply:
 class Dispatcher:
     """Runs one handler for one raw message with decoding, tracing, metrics and error replies."""
 
-    def __init__(self, service: str, metrics: BusMetrics) -> None:
+    def __init__(self, service: str, metrics: BusMetrics, tracing: Tracing | None = None) -> None:
         self._service = service
         self._metrics = metrics
+        self._tracing = tracing or Tracing()
         self._tracer = trace.get_tracer("gpuplane.bus")
 
     async def dispatch(
@@ -125,57 +170,82 @@ class Dispatcher:
         headers = dict(headers or {})
         correlation = headers.get(CORRELATION_HEADER) or uuid.uuid4().hex
         token = _correlation_id.set(correlation)
-        parent = propagate.extract(headers)
         started = time.perf_counter()
         outcome = "ok"
-        reply: Message | None = None
         out: Reply | None = None
+        run = self._run(subject, data, headers, correlation, message_type, handler, reply_expected)
         try:
+            if not self._tracing.traced(subject):
+                outcome, out = await run
+                return out
             with self._tracer.start_as_current_span(
-                f"receive {pattern}",
-                context=parent,
+                f"process {pattern}",
+                context=propagate.extract(headers),
                 kind=SpanKind.CONSUMER,
                 attributes={
                     "messaging.system": "nats",
                     "messaging.destination.name": subject,
+                    "messaging.operation.type": "process",
                     "gpuplane.correlation_id": correlation,
                 },
             ) as span:
-                try:
-                    message = decode(data, message_type, subject)
-                    reply = await handler(
-                        message,
-                        Delivery(
-                            subject=subject,
-                            headers=headers,
-                            correlation_id=correlation,
-                            reply_expected=reply_expected,
-                        ),
-                    )
-                except GpuplaneError as exc:
-                    outcome = "invalid" if exc.reply_code == "bad_request" else "error"
-                    span.set_status(Status(StatusCode.ERROR, str(exc)))
-                    log.warning(
-                        "%s on %s: %s", "rejected request" if outcome == "invalid" else "handler failed", subject, exc
-                    )
-                    reply = ErrorReply(
-                        code=exc.reply_code,
-                        message=str(exc),
-                        field=getattr(exc, "field", None),
-                        context=getattr(exc, "context", {}),
-                    )
-                except Exception as exc:  # noqa: BLE001 - the bus is a boundary: one bad message must not kill the subscription
-                    outcome = "error"
-                    span.record_exception(exc)
-                    span.set_status(Status(StatusCode.ERROR, repr(exc)))
-                    log.exception("handler for %s crashed", subject)
-                    reply = ErrorReply(code="internal", message=f"{type(exc).__name__}: {exc}")
-                if reply_expected and reply is not None:
-                    out = Reply(reply, outgoing_headers(reply))
+                outcome, out = await run
+                if outcome != "ok":
+                    span.set_status(Status(StatusCode.ERROR, outcome))
+                return out
         finally:
             _correlation_id.reset(token)
             self._metrics.handled.labels(self._service, pattern, outcome).inc()
             self._metrics.handler_duration.labels(self._service, pattern).observe(time.perf_counter() - started)
             if outcome != "ok":
                 self._metrics.errors.labels(self._service, pattern).inc()
-        return out
+
+    async def _run(
+        self,
+        subject: str,
+        data: bytes,
+        headers: dict[str, str],
+        correlation: str,
+        message_type: type[M],
+        handler: Handler[M],
+        reply_expected: bool,
+    ) -> tuple[str, Reply | None]:
+        """Decode, check the sender, call the handler; the outcome and the reply to send."""
+        outcome = "ok"
+        reply: Message | None = None
+        try:
+            message = decode(data, message_type, subject)
+            claimed = sender_subject(message)
+            if claimed is not None and claimed != subject:
+                # NATS let the publisher use ``subject`` only; the body speaks for someone else.
+                log.warning("dropped a %s on %s that claims to come from %s", message.type, subject, claimed)
+                return "forged", None
+            reply = await handler(
+                message,
+                Delivery(subject=subject, headers=headers, correlation_id=correlation, reply_expected=reply_expected),
+            )
+        except GpuplaneError as exc:
+            outcome = "invalid" if exc.reply_code == "bad_request" else "error"
+            detail = getattr(exc, "detail", None)
+            log.warning(
+                "%s on %s: %s%s",
+                "rejected request" if outcome == "invalid" else "handler failed",
+                subject,
+                exc,
+                f" ({detail})" if detail else "",
+            )
+            reply = ErrorReply(
+                code=exc.reply_code,
+                message=str(exc),
+                field=getattr(exc, "field", None),
+                context=getattr(exc, "context", {}),
+            )
+        except Exception as exc:  # noqa: BLE001 - the bus is a boundary: one bad message must not kill the subscription
+            outcome = "error"
+            trace.get_current_span().record_exception(exc)
+            log.exception("handler for %s crashed", subject)
+            # What the exception says may name files, addresses or a driver's text: it stays in this log.
+            reply = ErrorReply(code="internal", message=f"{type(exc).__name__} while handling {subject}; see its log")
+        if reply_expected and reply is not None:
+            return outcome, Reply(reply, outgoing_headers(reply))
+        return outcome, None

@@ -10,9 +10,9 @@ from collections import defaultdict, deque
 from dataclasses import dataclass
 
 from shared.bus.base import Handler, M, R
-from shared.bus.core import Dispatcher, Reply, decode_reply, decode_stored, encode, outgoing_headers, work_stream
+from shared.bus.core import Dispatcher, Reply, Tracing, decode_reply, decode_stored, encode, work_stream
 from shared.contracts import ErrorReply, Message
-from shared.errors import BusUnavailable, NoResponders, RequestTimeout
+from shared.errors import BusError, BusUnavailable, NoResponders, RequestTimeout
 from shared.subjects import matches, stream_for
 from shared.telemetry import bus_metrics
 
@@ -54,7 +54,8 @@ class MemoryBus:
     """Delivers messages to subscribers in this process, through the same dispatcher as NATS."""
 
     def __init__(self, service: str = "test", *, default_timeout_s: float = 1.0, seed: int = 0) -> None:
-        self._dispatcher = Dispatcher(service, bus_metrics())
+        self._tracing = Tracing()
+        self._dispatcher = Dispatcher(service, bus_metrics(), self._tracing)
         self._metrics = bus_metrics()
         self._service = service
         self._subs: dict[int, _Sub] = {}
@@ -88,7 +89,10 @@ class MemoryBus:
     async def publish(self, subject: str, message: Message) -> None:
         if self._closed:
             raise BusUnavailable("memory bus is closed")
-        headers = outgoing_headers(message)
+        with self._tracing.sending(subject, message) as headers:
+            self._publish(subject, message, headers)
+
+    def _publish(self, subject: str, message: Message, headers: dict[str, str]) -> None:
         data = encode(message)
         self.published.append((subject, message))
         self._metrics.published.labels(self._service, message.type).inc()
@@ -140,16 +144,41 @@ class MemoryBus:
         if not targets:
             raise NoResponders(subject)
         timeout = timeout_s or self._timeout_s
-        try:
-            reply = await asyncio.wait_for(
-                self._deliver(targets[0], subject, encode(message), outgoing_headers(message), reply_expected=True),
-                timeout,
-            )
-        except TimeoutError as exc:
-            raise RequestTimeout(subject, timeout) from exc
+        with self._tracing.sending(subject, message, request=True) as headers:
+            try:
+                reply = await asyncio.wait_for(
+                    self._deliver(targets[0], subject, encode(message), headers, reply_expected=True), timeout
+                )
+            except TimeoutError as exc:
+                raise RequestTimeout(subject, timeout) from exc
         if reply is None:
             raise RequestTimeout(subject, timeout)
         return decode_reply(encode(reply.message), reply_type, subject)
+
+    async def gather(
+        self, subject: str, message: Message, reply_type: type[R], *, timeout_s: float, max_replies: int | None = None
+    ) -> list[R]:
+        if self._closed:
+            raise BusUnavailable("memory bus is closed")
+        targets = self._targets(subject)
+        if not targets:
+            raise NoResponders(subject)
+        with self._tracing.sending(subject, message, request=True) as headers:
+            pending = {
+                asyncio.ensure_future(self._deliver(t, subject, encode(message), headers, reply_expected=True))
+                for t in targets
+            }
+        replies: list[R] = []
+        done, late = await asyncio.wait(pending, timeout=timeout_s)
+        for task in late:
+            task.cancel()
+        for task in done:
+            reply = task.result()
+            if reply is None or (max_replies is not None and len(replies) >= max_replies):
+                continue
+            with contextlib.suppress(BusError):  # an error reply counts as no reply, as on NATS
+                replies.append(decode_reply(encode(reply.message), reply_type, subject))
+        return replies
 
     async def latest(self, subject_filter: str, message_type: type[M]) -> list[M]:
         stored = ((s, kept[-1]) for s, kept in sorted(self._stored.items()) if kept and matches(subject_filter, s))

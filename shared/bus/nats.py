@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import nats
@@ -15,13 +16,13 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.api import AckPolicy, ConsumerConfig, DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
-from opentelemetry import trace
-from opentelemetry.trace import SpanKind
 
 from shared.bus.base import Handler, M, R
-from shared.bus.core import Dispatcher, decode_reply, decode_stored, encode, outgoing_headers, work_stream
+from shared.bus.core import Dispatcher, Tracing, decode_reply, decode_stored, encode, work_stream
 from shared.contracts import ErrorReply, Message
 from shared.errors import BusError, BusUnavailable, NoResponders, RequestTimeout
+from shared.identities import Identity, inbox_prefix
+from shared.natsauth import NatsCredentials, redact_url
 from shared.subjects import STREAMS, StreamSpec, stream_for
 from shared.telemetry import bus_metrics
 
@@ -58,17 +59,27 @@ class _PullConsumer:
 class NatsBus:
     """A ``Bus`` on nats-py. Build it with :func:`connect`."""
 
-    def __init__(self, nc: Client, service: str, default_timeout_s: float, drain_timeout_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        nc: Client,
+        service: str,
+        default_timeout_s: float,
+        drain_timeout_s: float = 5.0,
+        *,
+        trace_status_messages: bool = False,
+    ) -> None:
         self._nc = nc
         self._drain_timeout_s = drain_timeout_s
         self._js = nc.jetstream(timeout=default_timeout_s)
         self._service = service
         self._timeout_s = default_timeout_s
-        self._dispatcher = Dispatcher(service, bus_metrics())
+        self._tracing = Tracing(trace_status_messages=trace_status_messages)
+        self._dispatcher = Dispatcher(service, bus_metrics(), self._tracing)
         self._metrics = bus_metrics()
-        self._tracer = trace.get_tracer("gpuplane.bus")
         self._jetstream_ok = True
         self._consumers: set[_PullConsumer] = set()
+        self.on_reconnect: list[Callable[[], None]] = []
+        """Called after each reconnect: answers sent while this process was away may be lost."""
         self._handlers: set[asyncio.Task[None]] = set()
         self._concurrent_subs: list[Subscription] = []
 
@@ -81,7 +92,12 @@ class NatsBus:
         return self._nc
 
     async def ensure_streams(self, specs: tuple[StreamSpec, ...] = STREAMS) -> None:
-        """Create or update the event streams. Without JetStream, events are still published, not kept."""
+        """Create or update the event streams where they differ from ``specs``.
+
+        Only the ``admin`` identity may change them where NATS checks permissions (``gpuplane up``
+        does it before starting the services); others find them as they should be and change nothing.
+        Without JetStream, events are still published, not kept.
+        """
         for spec in specs:
             config = StreamConfig(
                 name=spec.name,
@@ -95,27 +111,32 @@ class NatsBus:
             )
             try:
                 try:
-                    await self._js.stream_info(spec.name)
+                    info = await self._js.stream_info(spec.name)
                 except nats.js.errors.NotFoundError:
                     await self._js.add_stream(config)
                     log.info("created JetStream stream %s for %s", spec.name, ", ".join(spec.subjects))
                 else:
-                    await self._js.update_stream(config)
+                    if not _same_stream(info.config, config):
+                        await self._js.update_stream(config)
+                        log.info("updated JetStream stream %s", spec.name)
             except (nats.errors.NoRespondersError, nats.js.errors.ServiceUnavailableError) as exc:
                 self._jetstream_ok = False
                 log.warning(
                     "JetStream is not enabled on %s (%s): events are published but not kept for late readers",
-                    self._nc.connected_url.geturl() if self._nc.connected_url else "nats",
+                    redact_url(self._nc.connected_url.geturl()) if self._nc.connected_url else "nats",
                     type(exc).__name__,
                 )
                 return
+            except (nats.errors.TimeoutError, TimeoutError) as exc:
+                # A permissions violation is reported asynchronously; the request itself just times out.
+                raise BusError(
+                    f"the JetStream stream {spec.name} is missing or out of date and this identity may not "
+                    "change it: run `gpuplane nats-init` with the admin credentials (gpuplane up does this)"
+                ) from exc
 
     async def publish(self, subject: str, message: Message) -> None:
-        headers = outgoing_headers(message)
         data = encode(message)
-        with self._tracer.start_as_current_span(
-            f"send {subject}", kind=SpanKind.PRODUCER, attributes={"messaging.system": "nats"}
-        ):
+        with self._tracing.sending(subject, message) as headers:
             try:
                 if self._jetstream_ok and stream_for(subject) is not None:
                     # Acknowledged by the server once stored (fsync'd with sync_interval: always).
@@ -203,13 +224,9 @@ class NatsBus:
         timeout = timeout_s or self._timeout_s
         if not self._nc.is_connected:
             raise BusUnavailable(f"not connected to NATS; cannot ask {subject}")
-        with self._tracer.start_as_current_span(
-            f"request {subject}", kind=SpanKind.CLIENT, attributes={"messaging.system": "nats"}
-        ):
+        with self._tracing.sending(subject, message, request=True) as headers:
             try:
-                msg = await self._nc.request(
-                    subject, encode(message), timeout=timeout, headers=outgoing_headers(message)
-                )
+                msg = await self._nc.request(subject, encode(message), timeout=timeout, headers=headers)
             except nats.errors.NoRespondersError as exc:
                 raise NoResponders(subject) from exc
             except nats.errors.TimeoutError as exc:
@@ -217,6 +234,44 @@ class NatsBus:
             except nats.errors.Error as exc:
                 raise BusUnavailable(f"request to {subject} failed: {type(exc).__name__}: {exc}") from exc
         return decode_reply(msg.data, reply_type, subject)
+
+    async def gather(
+        self, subject: str, message: Message, reply_type: type[R], *, timeout_s: float, max_replies: int | None = None
+    ) -> list[R]:
+        if not self._nc.is_connected:
+            raise BusUnavailable(f"not connected to NATS; cannot ask {subject}")
+        arrived: asyncio.Queue[Msg] = asyncio.Queue()
+
+        async def on_reply(msg: Msg) -> None:
+            arrived.put_nowait(msg)
+
+        inbox = self._nc.new_inbox()
+        sub = await self._nc.subscribe(inbox, cb=on_reply)
+        replies: list[R] = []
+        try:
+            with self._tracing.sending(subject, message, request=True) as headers:
+                await self._nc.publish(subject, encode(message), reply=inbox, headers=headers)
+            deadline = asyncio.get_running_loop().time() + timeout_s
+            while max_replies is None or len(replies) < max_replies:
+                remaining = deadline - asyncio.get_running_loop().time()
+                if remaining <= 0:
+                    break
+                try:
+                    msg = await asyncio.wait_for(arrived.get(), remaining)
+                except TimeoutError:
+                    break
+                if msg.headers and msg.headers.get("Status") == "503":
+                    raise NoResponders(subject)  # the server says nobody subscribes
+                try:
+                    replies.append(decode_reply(msg.data, reply_type, subject))
+                except BusError as exc:
+                    log.warning("ignoring a reply on %s: %s", subject, exc)
+        except nats.errors.Error as exc:
+            raise BusUnavailable(f"asking {subject} failed: {type(exc).__name__}: {exc}") from exc
+        finally:
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
+        return replies
 
     async def latest(self, subject_filter: str, message_type: type[M]) -> list[M]:
         spec = stream_for(subject_filter.replace(">", "x").replace("*", "x"))
@@ -355,28 +410,60 @@ class NatsBus:
             await self._nc.close()
 
 
+def _same_stream(have: StreamConfig, want: StreamConfig) -> bool:
+    """Whether the server's stream already has what gpuplane asks of it (the server fills in other fields)."""
+    return (
+        sorted(have.subjects or []) == sorted(want.subjects or [])
+        and have.retention == want.retention
+        and have.storage == want.storage
+        and have.discard == want.discard
+        and have.max_msgs_per_subject == want.max_msgs_per_subject
+        and abs((have.max_age or 0) - (want.max_age or 0)) < 1
+        and (have.num_replicas or 1) == (want.num_replicas or 1)
+    )
+
+
 async def connect(
     servers: str,
     *,
     service: str,
+    identity: Identity | None = None,
+    credentials: NatsCredentials | None = None,
     name: str | None = None,
     request_timeout_s: float = 5.0,
     drain_timeout_s: float = 5.0,
     reconnect_wait_s: float = 1.0,
+    trace_status_messages: bool = False,
 ) -> NatsBus:
     """Connect (waiting for the server as long as it takes) and return a bus.
 
-    Reconnects forever; while disconnected, publishes are buffered and subscriptions are
-    restored on reconnect.
+    ``identity`` picks the inbox prefix this process's replies arrive on (the only one its NATS user may
+    read); ``credentials`` prove it. Reconnects forever; while disconnected, publishes are buffered and
+    subscriptions are restored on reconnect.
     """
     state = {"last_error_log": 0.0}
+    who = identity.value if identity else service
+    where = credentials.source if credentials else "none given"
 
     async def on_error(exc: Exception) -> None:
         now = time.monotonic()
+        text = str(exc)
+        if "permissions violation" in text.lower():
+            # A missing permission is a deployment mistake worth seeing every time (it names the subject).
+            log.error("NATS refused identity %r: %s", who, text)
+            return
         # A dead server makes nats-py report every attempt; one line every 10 s is enough.
         if now - state["last_error_log"] >= 10.0:
             state["last_error_log"] = now
-            log.warning("NATS connection problem (%s): %s", type(exc).__name__, exc)
+            if "authorization violation" in text.lower():
+                log.error(
+                    "NATS refused to let identity %r in (credentials: %s); check GPUPLANE_NATS_CREDENTIALS_FILE "
+                    "or GPUPLANE_DATA_DIR; retrying",
+                    who,
+                    where,
+                )
+            else:
+                log.warning("NATS connection problem (%s): %s", type(exc).__name__, text)
 
     async def on_disconnected() -> None:
         if nc.is_closed or nc.is_draining:
@@ -385,9 +472,12 @@ async def connect(
 
     async def on_reconnected() -> None:
         state["last_error_log"] = 0.0
-        log.info("reconnected to NATS at %s", nc.connected_url.geturl() if nc.connected_url else "?")
+        log.info("reconnected to NATS at %s", redact_url(nc.connected_url.geturl()) if nc.connected_url else "?")
+        for callback in list(bus.on_reconnect):
+            callback()
 
     nc = Client()
+    bus = NatsBus(nc, service, request_timeout_s, drain_timeout_s, trace_status_messages=trace_status_messages)
     await nc.connect(
         servers=[s.strip() for s in servers.split(",") if s.strip()],
         name=name or f"gpuplane-{service}",
@@ -400,15 +490,28 @@ async def connect(
         error_cb=on_error,
         disconnected_cb=on_disconnected,
         reconnected_cb=on_reconnected,
+        inbox_prefix=inbox_prefix(identity) if identity else "_INBOX",
+        **(credentials.connect_options() if credentials else {}),
     )
-    bus = NatsBus(nc, service, request_timeout_s, drain_timeout_s)
     await bus.ensure_streams()
     return bus
 
 
-async def connect_once(servers: str, *, service: str, timeout_s: float) -> NatsBus:
+async def connect_once(
+    servers: str,
+    *,
+    service: str,
+    timeout_s: float,
+    identity: Identity | None = None,
+    credentials: NatsCredentials | None = None,
+) -> NatsBus:
     """Like :func:`connect`, but fail with ``BusUnavailable`` if no server answers in time."""
     try:
-        return await asyncio.wait_for(connect(servers, service=service), timeout_s)
+        return await asyncio.wait_for(
+            connect(servers, service=service, identity=identity, credentials=credentials), timeout_s
+        )
     except TimeoutError as exc:
-        raise BusUnavailable(f"no NATS server answered at {servers} within {timeout_s:g} s") from exc
+        where = redact_url(servers)
+        raise BusUnavailable(
+            f"no NATS server answered at {where} within {timeout_s:g} s (or it refused {service}'s credentials)"
+        ) from exc

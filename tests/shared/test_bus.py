@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -18,6 +19,7 @@ from shared.contracts import (
     InventorySource,
     RescanRequest,
     ServiceName,
+    utc_now,
 )
 from shared.errors import BusError, NoResponders, RemoteError, RequestTimeout
 from shared.subjects import INVENTORY_ALL, inventory
@@ -118,7 +120,9 @@ async def test_handler_error_becomes_remote_error(bus: Bus) -> None:
     await bus.subscribe("gpuplane.test.broken", HealthRequest, broken)
     with pytest.raises(RemoteError) as info:
         await bus.request("gpuplane.test.broken", HealthRequest(), HealthReply)
-    assert info.value.code == "internal" and "boom" in info.value.remote_message
+    assert info.value.code == "internal" and "RuntimeError" in info.value.remote_message
+    # What an unexpected exception says (paths, addresses, a driver's text) stays in the responder's log.
+    assert "boom" not in info.value.remote_message
 
 
 async def test_wrong_message_type_is_rejected_with_reason(bus: Bus) -> None:
@@ -163,3 +167,35 @@ async def test_publish_after_drain_fails_typed(bus: Bus) -> None:
     await bus.drain()
     with pytest.raises(BusError):
         await bus.publish(inventory("x"), make_inventory("x"))
+
+
+async def test_a_body_that_claims_another_sender_than_its_subject_is_dropped(bus: Bus) -> None:
+    """NATS lets an identity publish only on its own hosts' subjects; the body must say the same host."""
+    seen: list[str] = []
+
+    async def handler(inv: Inventory, _: Delivery) -> None:
+        seen.append(inv.host)
+
+    await bus.subscribe(INVENTORY_ALL, Inventory, handler)
+    await bus.publish(inventory("vm"), make_inventory("evil"))
+    await bus.publish(inventory("vm"), make_inventory("vm"))
+    await settle(bus)
+    assert seen == ["vm"]
+    assert [inv.host for inv in await bus.latest(inventory("vm"), Inventory)] == ["vm"]
+
+
+async def test_gather_collects_a_reply_from_every_subscriber(bus: Bus) -> None:
+    async def answer_as(name: str) -> Any:
+        async def answer(_: HealthRequest, __: Delivery) -> HealthReply:
+            return HealthReply(service=ServiceName.ROUTER, instance=name, host="h", ok=True, started_at=utc_now(),
+                               version="t")
+
+        return answer
+
+    with pytest.raises(NoResponders):
+        await bus.gather("gpuplane.test.gather", HealthRequest(), HealthReply, timeout_s=0.5)
+    for name in ("r1", "r2"):
+        await bus.subscribe("gpuplane.test.gather", HealthRequest, await answer_as(name))
+    await settle(bus)
+    replies = await bus.gather("gpuplane.test.gather", HealthRequest(), HealthReply, timeout_s=0.5, max_replies=2)
+    assert sorted(r.instance for r in replies) == ["r1", "r2"]

@@ -20,6 +20,7 @@ from services.detector.backends.base import HostScan, normalize_bus_id
 from services.detector.core import precision_support
 from shared.contracts import Gpu, InventorySource
 from shared.errors import ConfigError, DetectionError
+from shared.names import Name
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ class FleetHost(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str = Field(min_length=1)
+    name: Name
     gpus: tuple[FleetGpu, ...]
 
     @model_validator(mode="after")

@@ -44,6 +44,10 @@ class Batcher(Generic[T]):
     def next_due_at(self) -> float | None:
         return min((b.opened_at + self.window_s for b in self._open.values()), default=None)
 
+    def items(self) -> list[T]:
+        """Every item waiting in an open batch."""
+        return [item for batch in self._open.values() for item in batch.items]
+
     def flush(self) -> list[Batch[T]]:
         ready = list(self._open.values())
         self._open.clear()

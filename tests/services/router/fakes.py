@@ -7,9 +7,17 @@ from dataclasses import dataclass, field
 
 from shared.bus.base import Delivery
 from shared.bus.memory import MemoryBus
-from shared.contracts import StreamChunk, WorkerResult, WorkerState, WorkerStatus, WorkerTask
+from shared.contracts import (
+    StreamChunk,
+    WorkerHeld,
+    WorkerHeldQuery,
+    WorkerResult,
+    WorkerState,
+    WorkerStatus,
+    WorkerTask,
+)
 from shared.errors import NotFound, OperationFailed
-from shared.subjects import worker_status, worker_task
+from shared.subjects import worker_held, worker_status, worker_task
 
 
 @dataclass
@@ -29,10 +37,14 @@ class FakeWorker:
     sequence: int = 0
     tasks: list[WorkerTask] = field(default_factory=list)
     dead: bool = False
+    lose_answers: int = 0
+    """Finish this many tasks but never answer them, as if their answers were lost on the way back."""
+    held: set[str] = field(default_factory=set)
     _beat: asyncio.Task[None] | None = None
 
     async def start(self) -> FakeWorker:
-        await self.bus.subscribe(worker_task(self.worker_id), WorkerTask, self._on_task)
+        await self.bus.subscribe(worker_task(self.host, self.worker_id), WorkerTask, self._on_task)
+        await self.bus.subscribe(worker_held(self.host, self.worker_id), WorkerHeldQuery, self._on_held)
         await self.publish()
         self._beat = asyncio.create_task(self._heartbeat())
         return self
@@ -48,7 +60,7 @@ class FakeWorker:
         self.sequence += 1
         index = int(self.device.split(":")[1]) if self.device.startswith("cuda:") else None
         await self.bus.publish(
-            worker_status(self.worker_id),
+            worker_status(self.host, self.worker_id),
             WorkerStatus(
                 worker_id=self.worker_id,
                 host=self.host,
@@ -72,8 +84,21 @@ class FakeWorker:
         self.dead = True
         self.hang = True
 
+    async def _on_held(self, query: WorkerHeldQuery, _: Delivery) -> WorkerHeld:
+        return WorkerHeld(worker_id=self.worker_id, task_ids=tuple(t for t in query.task_ids if t in self.held))
+
     async def _on_task(self, task: WorkerTask, _: Delivery) -> WorkerResult:
         self.tasks.append(task)
+        if self.lose_answers > 0:
+            self.lose_answers -= 1
+            await asyncio.Event().wait()  # done and answered, as far as this worker knows: not held
+        self.held.add(task.task_id)
+        try:
+            return await self._serve(task)
+        finally:
+            self.held.discard(task.task_id)
+
+    async def _serve(self, task: WorkerTask) -> WorkerResult:
         if task.model not in self.models:
             raise NotFound(f"{self.worker_id} cannot load {task.model}", field="model")
         self.in_flight += 1

@@ -19,13 +19,16 @@ from shared.contracts import (
     InferenceResult,
     Priority,
     Route,
+    RouterHeld,
+    RouterHeldQuery,
     RouterState,
     RouterStateRequest,
+    ServiceName,
     StreamChunk,
 )
 from shared.errors import RemoteError
 from shared.modelgroups import ModelCatalog
-from shared.subjects import ROUTER_INFER, ROUTER_STATE, inventory, stream_chunks
+from shared.subjects import ROUTER_HELD, ROUTER_INFER, ROUTER_STATE, inventory, stream_chunks
 from tests.builders import make_gpu, make_inventory
 from tests.services.router.fakes import FakeWorker
 
@@ -253,7 +256,7 @@ async def test_no_worker_up_is_unavailable_after_a_while_with_reasons(memory_bus
 
 async def test_streams_are_relayed_with_who_served_them_first(memory_bus: MemoryBus, router: Router) -> None:
     await workers(memory_bus, {"worker_id": "w0", "groups": ("ga",)})
-    subject = stream_chunks("gw", "req-1")
+    subject = stream_chunks(ServiceName.API, "gw", "req-1")
     got: list[StreamChunk] = []
 
     async def collect(chunk: StreamChunk, _: Delivery) -> None:
@@ -313,8 +316,9 @@ async def test_peak_utilization_follows_worker_statuses_not_state_requests(
         worker_id="w0", host="box-a", device="cuda:0", gpu_index=0, backend="fake", state=WorkerState.READY,
         slots=1, in_flight=1, queue_depth=0, utilization_percent=90.0, sequence=1,
     )
-    await memory_bus.publish(worker_status("w0"), busy)
-    await memory_bus.publish(worker_status("w0"), busy.model_copy(update={"utilization_percent": 10.0, "sequence": 2}))
+    await memory_bus.publish(worker_status("box-a", "w0"), busy)
+    calmer = busy.model_copy(update={"utilization_percent": 10.0, "sequence": 2})
+    await memory_bus.publish(worker_status("box-a", "w0"), calmer)
     await memory_bus.settle()
     cuda0 = next(d for d in router.state().devices if d.device == "cuda:0")
     assert (cuda0.utilization, cuda0.peak_utilization) == (10.0, 90.0)
@@ -330,7 +334,7 @@ async def test_a_task_nobody_answers_waits_for_the_worker_to_come_back(memory_bu
         worker_id="w0", host="box-a", device="cuda:0", gpu_index=0, backend="fake", state=WorkerState.READY,
         slots=1, in_flight=0, queue_depth=0, groups_loaded=("ga",), models=("chat-a",), sequence=5,
     )
-    await memory_bus.publish(worker_status("w0"), ghost)
+    await memory_bus.publish(worker_status("box-a", "w0"), ghost)
     await memory_bus.settle()
     pending = asyncio.create_task(ask(memory_bus, "chat-a"))
     await asyncio.sleep(0.1)
@@ -339,3 +343,61 @@ async def test_a_task_nobody_answers_waits_for_the_worker_to_come_back(memory_bu
     result = await asyncio.wait_for(pending, 3)
     assert (result.worker_id, result.route) == ("w0", Route.RETRY)
     assert len(back.tasks) == 1
+
+
+async def test_an_answer_lost_on_the_way_back_is_noticed_and_the_request_served_again(memory_bus: MemoryBus) -> None:
+    """NATS restarting can drop a worker's answer: the worker no longer holds the task, the router still waits.
+    Asked which tasks it holds, the worker leaves it out; a grace later it is sent again (its worker may well be
+    fine: only the answer was lost, so the same worker, holding the group, serves it)."""
+    router = Router(
+        memory_bus,
+        settings(answer_check_interval_s=0.05, answer_check_after_s=0.05, answer_grace_s=0.1),
+        CATALOG,
+        "r1",
+    )
+    await router.start()
+    timers = asyncio.create_task(router.run_timers())
+    watch = asyncio.create_task(router.watch_answers())
+    try:
+        (lossy,) = await workers(memory_bus, {"worker_id": "w0", "groups": ("ga",), "lose_answers": 1})
+        result = await asyncio.wait_for(ask(memory_bus, "chat-a"), 5)
+        assert len(lossy.tasks) == 2
+        assert (result.worker_id, result.attempts) == ("w0", 2)
+        assert router.out == {}  # its slot is free again
+        assert router.pools.workers["w0"].circuit.state(router.clock()).value == "closed"
+    finally:
+        watch.cancel()
+        timers.cancel()
+        await router.close()
+
+
+async def test_a_slow_answer_that_its_worker_still_holds_is_left_alone(memory_bus: MemoryBus) -> None:
+    router = Router(
+        memory_bus,
+        settings(answer_check_interval_s=0.05, answer_check_after_s=0.05, answer_grace_s=0.05),
+        CATALOG,
+        "r1",
+    )
+    await router.start()
+    watch = asyncio.create_task(router.watch_answers())
+    try:
+        (slow,) = await workers(memory_bus, {"worker_id": "w0", "groups": ("ga",), "latency_s": 0.6})
+        result = await asyncio.wait_for(ask(memory_bus, "chat-a"), 5)
+        assert (result.worker_id, result.attempts, len(slow.tasks)) == ("w0", 1, 1)
+    finally:
+        watch.cancel()
+        await router.close()
+
+
+async def test_the_router_says_which_requests_it_holds(memory_bus: MemoryBus, router: Router) -> None:
+    (slow,) = await workers(memory_bus, {"worker_id": "w0", "groups": ("ga",), "latency_s": 0.5})
+    request = InferenceRequest(request_id="held-1", kind=InferenceKind.CHAT, model="chat-a", body={"model": "chat-a"})
+    pending = asyncio.create_task(memory_bus.request(ROUTER_INFER, request, InferenceResult, timeout_s=5))
+    await asyncio.sleep(0.1)
+    (reply,) = await memory_bus.gather(
+        ROUTER_HELD, RouterHeldQuery(request_ids=("held-1", "never-seen")), RouterHeld, timeout_s=1
+    )
+    assert (reply.router, reply.request_ids) == ("r1", ("held-1",))
+    await pending
+    (reply,) = await memory_bus.gather(ROUTER_HELD, RouterHeldQuery(request_ids=("held-1",)), RouterHeld, timeout_s=1)
+    assert reply.request_ids == ()

@@ -22,6 +22,8 @@ import nats
 import pytest
 
 from services.stack.embedded import free_port
+from shared.identities import Identity, inbox_prefix
+from shared.natsauth import NatsCredentials, identity_file, load_credentials
 from tests.realdeps import pids_alive
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -44,6 +46,29 @@ class Stack:
     @property
     def nats_url(self) -> str:
         return f"nats://127.0.0.1:{self.nats_port}"
+
+    @property
+    def token(self) -> str:
+        """The admin token `up` made (and prints in the banner's login URL)."""
+        return (self.data_dir / "secrets" / "admin-token").read_text().strip()
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    @property
+    def http(self) -> httpx.Client:
+        """A client of the gateway holding the admin token."""
+        return httpx.Client(base_url=self.api, headers=self.auth, timeout=10)
+
+    def creds(self, identity: Identity) -> NatsCredentials:
+        return load_credentials(identity_file(self.data_dir, identity))
+
+    async def nats(self, identity: Identity = Identity.OBSERVER) -> nats.aio.client.Client:
+        """A plain NATS client, signed in as ``identity`` (the observer reads every event)."""
+        return await nats.connect(
+            self.nats_url, inbox_prefix=inbox_prefix(identity), **self.creds(identity).connect_options()
+        )
 
     def state(self) -> dict[str, object]:
         return json.loads((self.data_dir / "stack.json").read_text())
@@ -109,8 +134,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             s.process.wait()
 
 
-async def first_inventory(nats_url: str, timeout_s: float) -> tuple[str, dict[str, object], float]:
-    nc = await nats.connect(nats_url)
+async def first_inventory(stack: Stack, timeout_s: float) -> tuple[str, dict[str, object], float]:
+    nc = await stack.nats()
     got: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
 
     async def cb(msg) -> None:  # type: ignore[no-untyped-def]
@@ -127,7 +152,7 @@ async def first_inventory(nats_url: str, timeout_s: float) -> tuple[str, dict[st
 
 def test_healthz_is_green_as_soon_as_up_says_it_is_up(stack: Stack) -> None:
     # First in the file: no time has passed since the banner; "up" must already mean healthy.
-    r = httpx.get(f"{stack.api}/healthz", timeout=10)
+    r = stack.http.get("/healthz", timeout=10)
     assert r.status_code == 200, r.json()
 
 
@@ -136,14 +161,16 @@ def test_banner_says_where_everything_is_and_that_gpus_are_simulated(stack: Stac
     assert "gpuplane is up" in out
     assert f"http://127.0.0.1:{stack.http_port}" in out
     assert stack.nats_url in out
-    assert "postgresql://postgres@127.0.0.1:" in out
+    assert "postgresql://gpuplane:***@127.0.0.1:" in out
+    assert f"{stack.api}/?token={stack.token}" in out
+    assert f"nats://observer:{stack.creds(Identity.OBSERVER).password}@127.0.0.1:{stack.nats_port}" in out
     assert "NVIDIA RTX A5500" in out and "NVIDIA RTX A400" in out
     assert "source: simulated" in out and "SIMULATED" in out
     assert "NO GPU FOUND" in out
 
 
 def test_api_lists_the_two_reference_gpus_as_simulated(stack: Stack) -> None:
-    body = httpx.get(f"{stack.api}/api/system/gpus", timeout=5).json()
+    body = stack.http.get("/api/system/gpus", timeout=5).json()
     assert body["source"] == "simulated"
     assert [(g["index"], g["name"], g["vram_total_mb"], g["compute_capability"]) for g in body["gpus"]] == [
         (0, "NVIDIA RTX A5500", 24564, "8.6"),
@@ -152,7 +179,7 @@ def test_api_lists_the_two_reference_gpus_as_simulated(stack: Stack) -> None:
 
 
 def test_nats_subscriber_gets_inventory_within_5_s(stack: Stack) -> None:
-    subject, body, waited = asyncio.run(first_inventory(stack.nats_url, 5))
+    subject, body, waited = asyncio.run(first_inventory(stack, 5))
     assert subject.startswith("gpuplane.inventory.")
     assert body["type"] == "gpuplane.inventory.v1" and body["source"] == "simulated"
     assert waited < 5
@@ -160,23 +187,23 @@ def test_nats_subscriber_gets_inventory_within_5_s(stack: Stack) -> None:
 
 def test_healthz_all_green_with_real_database(stack: Stack) -> None:
     def green() -> bool:
-        r = httpx.get(f"{stack.api}/healthz", timeout=10)
+        r = stack.http.get("/healthz", timeout=10)
         return r.status_code == 200
 
     wait_until(green, 30, "healthz to be green", stack)
-    body = httpx.get(f"{stack.api}/healthz", timeout=10).json()
+    body = stack.http.get("/healthz", timeout=10).json()
     assert body["database"]["ok"] is True and body["database"]["detail"].startswith("PostgreSQL 18")
     assert all(s["ok"] for s in body["services"].values())
 
 
 def test_rescan_through_the_api(stack: Stack) -> None:
-    r = httpx.post(f"{stack.api}/api/system/gpu-config/detect", timeout=10)
+    r = stack.http.post("/api/system/gpu-config/detect", timeout=10)
     assert r.status_code == 200
     assert len(r.json()["gpus"]) == 2
 
 
 def test_metrics_endpoint_has_per_gpu_series(stack: Stack) -> None:
-    text = httpx.get(f"{stack.api}/metrics", timeout=5).text
+    text = stack.http.get("/metrics", timeout=5).text
     assert "gpuplane_gpu_memory_total_bytes" in text and 'name="NVIDIA RTX A400"' in text
 
 
@@ -185,7 +212,7 @@ def test_killed_detector_is_restarted_and_inventory_resumes(stack: Stack) -> Non
     os.kill(old, signal.SIGKILL)
     wait_until(lambda: stack.pids()["detector"] != old, 20, "the detector to be restarted", stack)
     assert f"detector (pid {old}) exited with code -9" in stack.output()
-    _, body, _ = asyncio.run(first_inventory(stack.nats_url, 10))
+    _, body, _ = asyncio.run(first_inventory(stack, 10))
     assert body["source"] == "simulated"
 
 
@@ -193,11 +220,11 @@ def test_services_reconnect_when_nats_server_comes_back(stack: Stack) -> None:
     before = stack.pids()
     os.kill(before["nats-server"], signal.SIGKILL)
     wait_until(lambda: stack.pids()["nats-server"] != before["nats-server"], 20, "nats-server restart", stack)
-    _, body, _ = asyncio.run(first_inventory(stack.nats_url, 15))
+    _, body, _ = asyncio.run(first_inventory(stack, 15))
     assert body["type"] == "gpuplane.inventory.v1"
 
     def green() -> bool:
-        return httpx.get(f"{stack.api}/healthz", timeout=10).status_code == 200
+        return stack.http.get("/healthz", timeout=10).status_code == 200
 
     wait_until(green, 30, "every service to report again after the NATS restart", stack)
     after = stack.pids()
@@ -217,10 +244,10 @@ ISSUE_PUT = {
 
 def test_saving_a_configuration_writes_database_and_yaml(stack: Stack) -> None:
     for strategy in ("manual", "vram_based", "latency_optimized", "isolation_first", "balanced"):
-        preview = httpx.get(f"{stack.api}/api/system/gpu-config/preview", params={"strategy": strategy}, timeout=10)
+        preview = stack.http.get("/api/system/gpu-config/preview", params={"strategy": strategy}, timeout=10)
         assert preview.status_code == 200, preview.text
         assert all(a["gpu_indices"] for a in preview.json()["assignments"]), (strategy, preview.json())
-    r = httpx.put(f"{stack.api}/api/system/gpu-config", json=ISSUE_PUT, timeout=10)
+    r = stack.http.put("/api/system/gpu-config", json=ISSUE_PUT, timeout=10)
     assert r.status_code == 200, r.text
     assert any("3.5 GB" in w and "ai-enrichment budget (6.8 GB)" in w for w in r.json()["warnings"])
     mirror = stack.data_dir.parent / "config" / "gpu-assignments.yml"
@@ -243,7 +270,7 @@ def test_saved_configuration_survives_a_restart_of_the_whole_stack(stack: Stack)
     # After the SIGINT test above: the same data folder, a new `up`.
     again = launch(stack.data_dir.parent, stack.http_port, stack.nats_port)
     try:
-        r = httpx.get(f"{again.api}/api/system/gpu-config", timeout=10)
+        r = again.http.get("/api/system/gpu-config", timeout=10)
         assert r.status_code == 200, r.text
         body = r.json()
         assert body["saved"] is True and body["strategy"] == "manual" and body["revision"] == 1

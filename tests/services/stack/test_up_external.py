@@ -58,7 +58,9 @@ def test_up_uses_existing_nats_and_database(
         assert "(external)" in output.split("Database", 1)[1].splitlines()[0]
         assert not (tmp_path / "data" / "nats").exists() and not (tmp_path / "data" / "postgres").exists()
 
-        body = httpx.get(f"http://127.0.0.1:{http_port}/api/system/gpus", timeout=5).json()
+        token = (tmp_path / "data" / "secrets" / "admin-token").read_text().strip()
+        auth = {"Authorization": f"Bearer {token}"}
+        body = httpx.get(f"http://127.0.0.1:{http_port}/api/system/gpus", headers=auth, timeout=5).json()
         assert {h["host"] for h in body["hosts"]} == {"box-a", "box-b"}
         assert len(body["gpus"]) == 4
         health = httpx.get(f"http://127.0.0.1:{http_port}/healthz", timeout=10).json()

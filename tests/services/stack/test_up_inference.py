@@ -64,7 +64,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 
 def workers_ready(stack: Stack) -> int:
-    queue = httpx.get(f"{stack.api}/api/queue", timeout=5).json()
+    queue = stack.http.get("/api/queue", timeout=5).json()
     return sum(1 for w in queue["workers"] if w["state"] == "ready" and w["alive"])
 
 
@@ -72,9 +72,9 @@ def chat(model: str, i: int, **extra: object) -> dict[str, object]:
     return {"model": model, "messages": [{"role": "user", "content": f"hello {i}"}], "max_tokens": 16, **extra}
 
 
-async def burst(api: str, bodies: list[dict[str, object]]) -> list[httpx.Response]:
+async def burst(stack: Stack, bodies: list[dict[str, object]]) -> list[httpx.Response]:
     limits = httpx.Limits(max_connections=len(bodies), max_keepalive_connections=len(bodies))
-    async with httpx.AsyncClient(base_url=api, timeout=120, limits=limits) as client:
+    async with httpx.AsyncClient(base_url=stack.api, headers=stack.auth, timeout=120, limits=limits) as client:
         return await asyncio.gather(*(client.post("/v1/chat/completions", json=b) for b in bodies))
 
 
@@ -86,7 +86,7 @@ def test_the_banner_names_the_inference_api_and_the_workers(stack: Stack) -> Non
 
 def test_500_concurrent_chat_requests_across_groups_all_succeed(stack: Stack) -> None:
     bodies = [chat(MODELS[i % len(MODELS)], i) for i in range(500)]
-    responses = asyncio.run(burst(stack.api, bodies))
+    responses = asyncio.run(burst(stack, bodies))
     assert [r.status_code for r in responses] == [200] * 500, [r.text for r in responses if r.status_code != 200][:3]
     for body, response in zip(bodies, responses, strict=True):
         answer = response.json()
@@ -103,7 +103,7 @@ def test_500_concurrent_chat_requests_across_groups_all_succeed(stack: Stack) ->
 def test_exclusive_gpu_is_honoured(stack: Stack) -> None:
     bodies = [chat("small-chat-model", i) for i in range(40)]
     bodies.insert(20, chat("small-chat-model", 999, exclusive_gpu="cuda:1"))
-    responses = asyncio.run(burst(stack.api, bodies))
+    responses = asyncio.run(burst(stack, bodies))
     assert all(r.status_code == 200 for r in responses)
     exclusive = responses[20]
     assert exclusive.headers["X-Gpuplane-Gpu"] == "cuda:1"
@@ -116,7 +116,7 @@ def test_killing_a_worker_under_load_loses_no_request(stack: Stack) -> None:
 
     async def run() -> list[httpx.Response]:
         bodies = [chat(MODELS[i % 2], i, max_tokens=512) for i in range(200)]
-        sending = asyncio.ensure_future(burst(stack.api, bodies))
+        sending = asyncio.ensure_future(burst(stack, bodies))
         await asyncio.sleep(0.8)
         os.kill(pid, signal.SIGKILL)
         return await sending
@@ -130,9 +130,8 @@ def test_killing_a_worker_under_load_loses_no_request(stack: Stack) -> None:
 
 
 def test_streaming_sends_server_sent_events_ending_in_done(stack: Stack) -> None:
-    with httpx.stream(
-        "POST", f"{stack.api}/v1/chat/completions", json=chat("coder-model", 1, stream=True), timeout=30
-    ) as response:
+    body = chat("coder-model", 1, stream=True)
+    with stack.http.stream("POST", "/v1/chat/completions", json=body, timeout=30) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
         assert response.headers["X-Gpuplane-Worker"]
@@ -143,15 +142,15 @@ def test_streaming_sends_server_sent_events_ending_in_done(stack: Stack) -> None
 
 
 def test_embeddings_and_models(stack: Stack) -> None:
-    response = httpx.post(f"{stack.api}/v1/embeddings", json={"model": "embed-model", "input": ["a", "b"]}, timeout=30)
+    response = stack.http.post("/v1/embeddings", json={"model": "embed-model", "input": ["a", "b"]}, timeout=30)
     assert response.status_code == 200
     assert [d["index"] for d in response.json()["data"]] == [0, 1]
-    models = httpx.get(f"{stack.api}/v1/models", timeout=10).json()
+    models = stack.http.get("/v1/models", timeout=10).json()
     assert {m["id"] for m in models["data"]} >= {*MODELS, "embed-model"}
 
 
 def test_api_gpu_stats_models_and_queue_answer_in_shape(stack: Stack) -> None:
-    stats = httpx.get(f"{stack.api}/api/gpu_stats", timeout=10).json()
+    stats = stack.http.get("/api/gpu_stats", timeout=10).json()
     assert stats["available"] is True
     assert sorted(stats["devices"]) == ["cuda:0", "cuda:1"]
     fields = {"utilization", "memory_used", "memory_total", "memory_percent", "peak_utilization"}
@@ -159,13 +158,13 @@ def test_api_gpu_stats_models_and_queue_answer_in_shape(stack: Stack) -> None:
     assert {k: stats[k] for k in fields} == stats["devices"]["cuda:0"]
     assert stats["devices"]["cuda:0"]["memory_total"] == pytest.approx(24.0, abs=0.1)
 
-    groups = httpx.get(f"{stack.api}/api/models", timeout=10).json()["model_groups"]
+    groups = stack.http.get("/api/models", timeout=10).json()["model_groups"]
     big = next(g for g in groups if g["group_id"] == "big-chat")
     assert {d["device"] for d in big["device_info"]} >= {"cuda:0", "cuda:1"}
     assert set(big["device_info"][0]) == {"device", "has_group", "is_current"}
     assert big["models"][0]["loaded_on_devices"] == ["cuda:0"]
 
-    queue = httpx.get(f"{stack.api}/api/queue", timeout=10).json()
+    queue = stack.http.get("/api/queue", timeout=10).json()
     assert {w["device"] for w in queue["workers"]} == {"cuda:0", "cuda:1", "cpu"}
     for worker in queue["workers"]:
         assert {"worker_id", "queue_size", "busy", "in_flight", "slots"} <= set(worker)

@@ -118,7 +118,7 @@ async def with_worker_process(
 @pytest.mark.timeout(90)
 async def test_worker_process_serves_a_task_and_stops_cleanly(nats_server: NatsServer, tmp_path: Path) -> None:
     async def body(bus: NatsBus, host: str, statuses: dict[str, list[WorkerStatus]]) -> None:
-        result = await until_answered(bus, worker_task(f"{host}-cuda0"), make_task("big-chat", text="over NATS"))
+        result = await until_answered(bus, worker_task(host, f"{host}-cuda0"), make_task("big-chat", text="over NATS"))
         assert result.worker_id == f"{host}-cuda0" and result.device == "cuda:0" and result.loaded_group
         assert result.bodies[0]["choices"][0]["message"]["content"].endswith("You said: over NATS")
         await wait_for(lambda: any(s.request_count == 1 for s in statuses.get(f"{host}-cuda0", [])))
@@ -139,7 +139,7 @@ async def test_devices_list_runs_one_process_per_device(nats_server: NatsServer,
     async def body(bus: NatsBus, host: str, statuses: dict[str, list[WorkerStatus]]) -> None:
         ids = (f"{host}-cuda0", f"{host}-cuda1")
         await wait_for(lambda: all(any(s.state is WorkerState.READY for s in statuses.get(i, [])) for i in ids), 60)
-        result = await until_answered(bus, worker_task(ids[1]), make_task("small-chat"))
+        result = await until_answered(bus, worker_task(host, ids[1]), make_task("small-chat"))
         assert result.device == "cuda:1"
         assert statuses[ids[0]][-1].slots == 3 and statuses[ids[1]][-1].slots == 1
 

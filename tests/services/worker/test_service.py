@@ -65,7 +65,8 @@ class RunningWorker:
             await asyncio.sleep(0.005)
 
     async def ask(self, task: WorkerTask, timeout_s: float = 5.0) -> WorkerResult:
-        return await self.bus.request(worker_task(self.worker_id), task, WorkerResult, timeout_s=timeout_s)
+        subject = worker_task(self.settings.host_name, self.worker_id)
+        return await self.bus.request(subject, task, WorkerResult, timeout_s=timeout_s)
 
     async def stop(self) -> None:
         self.ctx.stopping.set()
@@ -181,7 +182,7 @@ async def test_streamed_answer_arrives_as_ordered_chunks_before_the_result(
     start: Callable[..., Any], bus: MemoryBus
 ) -> None:
     worker: RunningWorker = await start()
-    subject = stream_chunks("router-1", "r-stream")
+    subject = stream_chunks(ServiceName.ROUTER, "router-1", "r-stream")
     chunks: list[StreamChunk] = []
 
     async def on_chunk(chunk: StreamChunk, _: Delivery) -> None:
@@ -387,7 +388,7 @@ async def test_openai_backend_serves_through_the_worker(
         await worker.ask(make_task("big-chat"))
     assert missing.value.code == "not_found"
 
-    subject = stream_chunks("router-1", "r-broken")
+    subject = stream_chunks(ServiceName.ROUTER, "router-1", "r-broken")
     with pytest.raises(RemoteError, match="not JSON") as broken:
         await worker.ask(make_task("up-chat", group="up-chat", bodies=(chat_body("break stream"),),
                                    stream_subject=subject))

@@ -144,7 +144,9 @@ def test_pins_from_valid_requests(
             id="repeated-index",
         ),
         pytest.param(
-            [req("ai-vllm", gpu_indices=[0, -1])],
+            # The contract refuses a negative index first; the planner checks again for callers that build one.
+            [AssignmentRequest.model_construct(service="ai-vllm", gpu_index=None, gpu_indices=(0, -1), host=None,
+                                               vram_budget_override=None, enabled=True)],
             ONE_HOST,
             "assignments.0.gpu_indices",
             "GPU indices must be distinct and not negative",
