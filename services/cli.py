@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from shared.contracts import Inventory, PlanPreview
-from shared.errors import GpuplaneError, ServiceCrashed
+from shared.errors import ConfigError, GpuplaneError, ServiceCrashed
 
 # flag -> settings field, per subcommand. Flags override GPUPLANE_* variables.
 COMMON_FLAGS: dict[str, tuple[str, type, str]] = {
@@ -193,22 +193,172 @@ def _run_gpus(args: argparse.Namespace) -> int:
         return 0
 
     from shared.bus.nats import connect_once
-    from shared.contracts import RescanRequest
+    from shared.identities import Identity
     from shared.settings import CommonSettings
-    from shared.subjects import DETECTOR_RESCAN, INVENTORY_ALL
+    from shared.subjects import INVENTORY_ALL
 
     settings = CommonSettings(**({"nats_url": args.nats_url} if args.nats_url else {}))
+    if args.rescan:
+        # A rescan changes state: it goes through the gateway, which checks the admin token and audits it.
+        _api_call("POST", "/api/system/gpu-config/detect", args)
 
     async def fetch() -> list[Inventory]:
-        bus = await connect_once(settings.nats_url, service="cli", timeout_s=args.timeout_s)
+        bus = await connect_once(
+            settings.nats_url,
+            service="cli",
+            timeout_s=args.timeout_s,
+            identity=Identity.OBSERVER,
+            credentials=settings.nats_credentials(Identity.OBSERVER),
+        )
         try:
-            if args.rescan:
-                await bus.request(DETECTOR_RESCAN, RescanRequest(reason="cli"), Inventory)
             return await bus.latest(INVENTORY_ALL, Inventory)
         finally:
             await bus.drain()
 
     print(format_inventories(asyncio.run(fetch())))
+    return 0
+
+
+def _api_call(method: str, path: str, args: argparse.Namespace, body: object | None = None) -> Any:
+    """Call the gateway with the admin token (GPUPLANE_API_TOKEN, else the one ``up`` keeps in the data dir)."""
+    import httpx
+
+    from services.api.settings import ApiSettings
+    from shared.errors import BusUnavailable, InvalidRequest
+
+    settings = ApiSettings(auth="on")
+    token = settings.admin_token()
+    if token is None:
+        raise ConfigError(
+            f"no admin token: set GPUPLANE_API_TOKEN, or GPUPLANE_DATA_DIR to the stack's data dir "
+            f"(looked in {settings.data_dir.resolve()})"
+        )
+    url = (getattr(args, "api_url", None) or f"http://127.0.0.1:{settings.http_port}").rstrip("/") + path
+    try:
+        response = httpx.request(
+            method, url, json=body, headers={"Authorization": f"Bearer {token}"}, timeout=getattr(args, "timeout_s", 10)
+        )
+    except httpx.HTTPError as exc:
+        raise BusUnavailable(f"the gateway at {url} did not answer: {exc}") from exc
+    if response.status_code >= 400:
+        try:
+            detail = response.json().get("detail", response.text)
+        except ValueError:
+            detail = response.text
+        raise InvalidRequest(f"{method} {path}: {response.status_code}: {detail}")
+    return response.json() if response.content else None
+
+
+def _run_keys(args: argparse.Namespace) -> int:
+    """Inference keys through the gateway's admin API."""
+    from urllib.parse import quote
+
+    if args.action in ("create", "revoke") and not args.name:
+        raise ConfigError(f"gpuplane keys {args.action} needs the key's NAME")
+    if args.action == "create":
+        body = {"name": args.name, "max_priority": args.max_priority, "rpm_limit": args.rpm}
+        made = _api_call("POST", "/api/system/keys", args, body)
+        print(made["key"])
+        print(
+            f"key {made['name']!r} created ({made['prefix']}...); shown this once: store it now. "
+            "Clients send it as 'Authorization: Bearer <key>' (OPENAI_API_KEY).",
+            file=sys.stderr,
+        )
+        return 0
+    if args.action == "revoke":
+        _api_call("DELETE", f"/api/system/keys/{quote(args.name, safe='')}", args)
+        print(f"key {args.name!r} revoked")
+        return 0
+    listed = _api_call("GET", "/api/system/keys" + ("?include_revoked=true" if args.all else ""), args)
+    if not listed["keys"]:
+        print("No inference keys. Create one: gpuplane keys create NAME")
+        return 0
+    print(f"{'Name':<24} {'Prefix':<14} {'Max priority':<13} {'Req/min':>8}  {'Created':<20} {'By':<12} Revoked")
+    for k in listed["keys"]:
+        print(
+            f"{k['name']:<24} {k['prefix']:<14} {k['max_priority'] or 'any':<13} {k['rpm_limit'] or '-':>8}  "
+            f"{k['created_at'][:19]:<20} {k['created_by']:<12} {(k['revoked_at'] or '')[:19]}"
+        )
+    return 0
+
+
+def _run_nats_init(args: argparse.Namespace) -> int:
+    """Create or update gpuplane's JetStream streams on a NATS of your own, as its admin identity."""
+    from shared.bus.nats import connect_once
+    from shared.identities import Identity
+    from shared.settings import CommonSettings
+
+    settings = CommonSettings(**({"nats_url": args.nats_url} if args.nats_url else {}))
+
+    async def init() -> None:
+        bus = await connect_once(
+            settings.nats_url,
+            service="nats-init",
+            timeout_s=args.timeout_s,
+            identity=Identity.ADMIN,
+            credentials=settings.nats_credentials(Identity.ADMIN),
+        )
+        await bus.drain()
+
+    asyncio.run(init())
+    print("gpuplane's JetStream streams are in place")
+    return 0
+
+
+def _run_probe(args: argparse.Namespace) -> int:
+    """A container healthcheck: exit 0 when ``url`` answers 2xx within the timeout, 1 otherwise."""
+    import httpx
+
+    try:
+        status = httpx.get(args.url, timeout=args.timeout_s).status_code
+    except httpx.HTTPError as exc:
+        print(f"gpuplane probe: {args.url}: {exc}", file=sys.stderr)
+        return 1
+    return 0 if 200 <= status < 300 else 1
+
+
+def _run_compose_env(args: argparse.Namespace) -> int:
+    """A fresh ``.env`` for docker-compose.yml: every secret random, nothing reused."""
+    from shared.identities import Identity
+    from shared.secrets import random_token, write_secret
+
+    lines = [
+        "# Secrets for docker-compose.yml, made by `gpuplane compose-env`. Keep this file to yourself (mode 0600).",
+        "# The admin token: the console's login and every change through the API (Authorization: Bearer ...).",
+        f"GPUPLANE_API_TOKEN={random_token()}",
+        "# Host names the API answers to besides localhost and IP addresses (your server's name).",
+        "GPUPLANE_ALLOWED_HOSTS=localhost",
+        "# PostgreSQL: the superuser (the postgres container's own) and gpuplane's role, which owns only its database.",
+        f"POSTGRES_PASSWORD={random_token()}",
+        f"GPUPLANE_DB_PASSWORD={random_token()}",
+        "# One NATS identity per process kind (deploy/nats/nats.conf gives each its permissions).",
+        *(f"GPUPLANE_NATS_{i.value.upper()}_PASSWORD={random_token()}" for i in Identity),
+        "",
+    ]
+    text = "\n".join(lines)
+    if args.output is None:
+        print(text, end="")
+        return 0
+    if args.output.exists() and not args.force:
+        raise ConfigError(f"{args.output} exists already; keep it, or pass --force to make new secrets")
+    write_secret(args.output, text)
+    print(f"wrote {args.output} (mode 0600)")
+    return 0
+
+
+def _run_nats_config(args: argparse.Namespace) -> int:
+    """A nats-server authorization block for a NATS of your own, with every identity's permissions."""
+    from shared.identities import Identity, render_users
+
+    if args.passwords == "env":
+        users = {i: f"$GPUPLANE_NATS_{i.value.upper()}_PASSWORD" for i in Identity}
+        print(render_users(users, args.hosts.split(",") if args.hosts else None))
+        return 0
+    from services.stack.access import nats_authorization, nats_identities
+
+    files = nats_identities(args.data_dir)
+    print(nats_authorization(files, args.hosts.split(",") if args.hosts else ()))
+    print(f"# credentials files written under {files[Identity.ADMIN].parent}", file=sys.stderr)
     return 0
 
 
@@ -284,23 +434,41 @@ def _run_watch(args: argparse.Namespace) -> int:
     import nats as nats_client
 
     from shared.errors import BusUnavailable
+    from shared.identities import OBSERVER_EVENTS, Identity, inbox_prefix
+    from shared.natsauth import redact_url
     from shared.settings import CommonSettings
 
-    url = args.nats_url or CommonSettings().nats_url
+    settings = CommonSettings(**({"nats_url": args.nats_url} if args.nats_url else {}))
+    url = settings.nats_url
+    credentials = settings.nats_credentials(Identity.OBSERVER)
+    subjects = list(OBSERVER_EVENTS) if args.subject == "gpuplane.>" else [args.subject]
+    refused: list[str] = []
 
-    async def quiet(_: Exception) -> None:
+    async def quiet(exc: Exception) -> None:
         """Connection errors are reported once below, not as a traceback per attempt."""
+        if "permissions violation" in str(exc).lower():
+            refused.append(str(exc))
+            done.set()
+
+    done = asyncio.Event()
 
     async def watch() -> None:
         try:
             nc = await asyncio.wait_for(
-                nats_client.connect(url, max_reconnect_attempts=-1, reconnect_time_wait=0.5, error_cb=quiet),
+                nats_client.connect(
+                    url,
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=0.5,
+                    error_cb=quiet,
+                    inbox_prefix=inbox_prefix(Identity.OBSERVER),
+                    **(credentials.connect_options() if credentials else {}),
+                ),
                 args.timeout_s,
             )
         except TimeoutError as exc:
-            raise BusUnavailable(f"no NATS server answered at {url} within {args.timeout_s:g} s") from exc
+            where = redact_url(url)
+            raise BusUnavailable(f"no NATS server let the observer in at {where} within {args.timeout_s:g} s") from exc
         count = 0
-        done = asyncio.Event()
 
         async def on_message(msg: Any) -> None:
             nonlocal count
@@ -310,12 +478,16 @@ def _run_watch(args: argparse.Namespace) -> int:
             if args.count and count >= args.count:
                 done.set()
 
-        await nc.subscribe(args.subject, cb=on_message)
-        print(f"watching {args.subject} on {url} (Ctrl-C to stop)", file=sys.stderr, flush=True)
+        for subject in subjects:
+            await nc.subscribe(subject, cb=on_message)
+        print(f"watching {', '.join(subjects)} on {redact_url(url)} (Ctrl-C to stop)", file=sys.stderr, flush=True)
         try:
             await done.wait()
         finally:
             await nc.close()
+        if refused:
+            allowed = ", ".join(OBSERVER_EVENTS)
+            raise ConfigError(f"NATS refused: {refused[0]} (the observer reads events only: {allowed})")
 
     try:
         asyncio.run(watch())
@@ -337,7 +509,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     gpus = sub.add_parser("gpus", help="print the GPU inventory (from a running stack, or --local)")
     gpus.add_argument("--nats-url", default=None, help="NATS of the running stack")
-    gpus.add_argument("--rescan", action="store_true", help="ask the detectors to rescan first")
+    gpus.add_argument("--rescan", action="store_true", help="ask the detectors to rescan first (through the API)")
+    gpus.add_argument("--api-url", default=None, help="with --rescan: the gateway (default http://127.0.0.1:8080)")
     gpus.add_argument("--timeout-s", type=float, default=5.0, help="give up on NATS after this long")
     gpus.add_argument("--local", action="store_true", help="scan this machine now, without a stack")
     gpus.add_argument("--fleet", type=Path, default=None, help="with --local: simulate this fleet file")
@@ -356,8 +529,39 @@ def build_parser() -> argparse.ArgumentParser:
     cdi.add_argument("--fleet", type=Path, default=Path("deploy/fleets/reference.yaml"), help="simulated fleet file")
     cdi.add_argument("--output", type=Path, default=None, help="e.g. /etc/cdi/gpuplane-sim.yaml (default: stdout)")
 
+    keys = sub.add_parser("keys", help="create, list or revoke inference keys (through the API, admin token)")
+    keys.add_argument("action", choices=("create", "list", "revoke"))
+    keys.add_argument("name", nargs="?", default=None, help="the key's name (create, revoke)")
+    keys.add_argument("--max-priority", default=None, choices=("low", "normal", "high"),
+                      help="create: the highest priority the key's requests may ask for")
+    keys.add_argument("--rpm", type=int, default=None, help="create: requests per minute (default: no limit)")
+    keys.add_argument("--all", action="store_true", help="list: revoked keys too")
+    keys.add_argument("--api-url", default=None, help="the gateway (default http://127.0.0.1:$GPUPLANE_HTTP_PORT)")
+    keys.add_argument("--timeout-s", type=float, default=10.0, help="give up on the gateway after this long")
+
+    init = sub.add_parser("nats-init", help="create gpuplane's JetStream streams on your own NATS (admin identity)")
+    init.add_argument("--nats-url", default=None, help="the NATS server")
+    init.add_argument("--timeout-s", type=float, default=10.0, help="give up on NATS after this long")
+
+    conf = sub.add_parser("nats-config", help="print the nats-server users and permissions for your own NATS")
+    conf.add_argument("--passwords", choices=("files", "env"), default="files",
+                      help="files: make credentials files under --data-dir and print bcrypt hashes; "
+                      "env: refer to $GPUPLANE_NATS_<IDENTITY>_PASSWORD variables")
+    conf.add_argument("--data-dir", type=Path, default=Path(".gpuplane"), help="where the credentials files go")
+    conf.add_argument("--hosts", default=None, help="hosts detectors and workers may speak for (default: any)")
+
+    probe = sub.add_parser("probe", help="exit 0 if a URL answers 2xx (container healthchecks)")
+    probe.add_argument("url")
+    probe.add_argument("--timeout-s", type=float, default=3.0)
+
+    env = sub.add_parser("compose-env", help="write a .env of fresh secrets for docker-compose.yml")
+    env.add_argument("--output", type=Path, default=None, help="e.g. .env (default: print it)")
+    env.add_argument("--force", action="store_true", help="overwrite an existing file")
+
     watch = sub.add_parser("watch", help="print messages on a NATS subject, e.g. 'gpuplane.inventory.>'")
-    watch.add_argument("subject", nargs="?", default="gpuplane.>", help="subject, wildcards allowed")
+    watch.add_argument(
+        "subject", nargs="?", default="gpuplane.>", help="subject, wildcards allowed (default: every event)"
+    )
     watch.add_argument("--nats-url", default=None, help="NATS of the running stack")
     watch.add_argument("--count", type=int, default=0, help="stop after this many messages (0: never)")
     watch.add_argument("--width", type=int, default=160, help="cut each message to this many characters")
@@ -372,6 +576,11 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "plan": _run_plan,
     "cdi-spec": _run_cdi_spec,
     "watch": _run_watch,
+    "keys": _run_keys,
+    "nats-init": _run_nats_init,
+    "nats-config": _run_nats_config,
+    "compose-env": _run_compose_env,
+    "probe": _run_probe,
     **{name: functools.partial(_run_service, name) for name in SERVICE_FLAGS},
 }
 

@@ -6,33 +6,43 @@ import asyncio
 import logging
 import os
 import signal
-import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from opentelemetry import trace
-from opentelemetry.trace import SpanKind
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from services.api.deps import GatewayState
-from services.api.routes import gpu_config, health, inference, router_state, system
+from services.api.access import Credentials, KeyTable, SessionCodec, is_inference_path
+from services.api.audit import AuditTrail
+from services.api.deps import GatewayState, StoreNotReady
+from services.api.guard import Guard
+from services.api.observe import Telemetry
+from services.api.routes import access, console, gpu_config, health, inference, router_state, system
+from services.api.routes.inference import openai_error
 from services.api.routes.system import NoInventoryYet
 from services.api.settings import ApiSettings
+from services.api.store import AccessStore
 from shared import __version__
 from shared.bus.base import Bus, Delivery
-from shared.bus.core import reset_correlation_id, set_correlation_id
-from shared.contracts import Heartbeat, Inventory, ServiceName, utc_now
-from shared.database import make_engine
-from shared.errors import BusError, BusUnavailable, NoResponders, RemoteError, RequestTimeout
+from shared.contracts import AuditAction, AuditRecord, Heartbeat, Inventory, ServiceName, utc_now
+from shared.database import DatabaseUnavailable, make_engine, until_available
+from shared.errors import (
+    HTTP_STATUS,
+    BusError,
+    BusUnavailable,
+    ConfigError,
+    GpuplaneError,
+    NoResponders,
+    RemoteError,
+    RequestTimeout,
+)
 from shared.service import BusFactory, ServiceContext, attach, nats_bus_factory
-from shared.subjects import HEARTBEAT_ALL, INVENTORY_ALL
-from shared.telemetry import http_metrics
+from shared.subjects import AUDIT_ALL, HEARTBEAT_ALL, INVENTORY_ALL
 
 log = logging.getLogger("gpuplane.api")
 
-CORRELATION_HTTP_HEADER = "X-Correlation-Id"
+KEY_EVENTS = frozenset({AuditAction.KEY_CREATE, AuditAction.KEY_REVOKE})
 
 
 async def _feed_read_model(state: GatewayState, bus: Bus, ctx: ServiceContext) -> None:
@@ -44,11 +54,55 @@ async def _feed_read_model(state: GatewayState, bus: Bus, ctx: ServiceContext) -
     async def on_heartbeat(beat: Heartbeat, _: Delivery) -> None:
         state.read_model.apply_heartbeat(beat, utc_now())
 
+    async def on_audit(record: AuditRecord, _: Delivery) -> None:
+        # Another gateway created or revoked a key: refuse or accept it here too, now.
+        if record.action in KEY_EVENTS and state.store is not None:
+            state.keys.replace(await asyncio.to_thread(state.store.keys))
+
     await bus.subscribe(INVENTORY_ALL, Inventory, on_inventory)
     await bus.subscribe(HEARTBEAT_ALL, Heartbeat, on_heartbeat)
+    await bus.subscribe(AUDIT_ALL, AuditRecord, on_audit)
     for inv in await bus.latest(INVENTORY_ALL, Inventory):
         state.record_inventory(inv)
     state.bus = bus
+    state.audit.bus = bus
+
+
+async def _open_store(state: GatewayState) -> None:
+    """Migrate the gateway's tables (retrying until the database answers), load the keys, then keep them fresh."""
+    assert state.engine is not None
+    store = AccessStore(state.engine)
+
+    def problem(reason: str | None) -> None:
+        state.store_problem = reason or ""
+
+    await until_available(store.migrate, what="the gateway's tables", retry_s=2.0, on_problem=problem)
+    state.keys.replace(await asyncio.to_thread(store.keys))
+    state.store = store
+    state.audit.attach(store)
+    log.info("inference keys and audit trail ready (%d live key(s))", len(state.keys))
+    while True:
+        await asyncio.sleep(state.settings.keys_refresh_s)
+        try:
+            state.keys.replace(await asyncio.to_thread(store.keys))
+        except DatabaseUnavailable as exc:
+            log.warning("inference keys not refreshed (the ones known stay valid): %s", exc)
+
+
+def _credentials(settings: ApiSettings) -> Credentials | None:
+    if settings.auth == "off":
+        log.warning(
+            "GPUPLANE_AUTH=off: every route answers without a credential (allowed because the gateway listens "
+            "on loopback only); anyone on this machine can change the GPU configuration"
+        )
+        return None
+    token = settings.admin_token()
+    if token is None:
+        raise ConfigError(
+            "no admin token: set GPUPLANE_API_TOKEN or GPUPLANE_API_TOKEN_FILE (gpuplane up makes one in "
+            "<data dir>/secrets/admin-token), or GPUPLANE_AUTH=off on a loopback-only gateway"
+        )
+    return Credentials(token, settings.api_token_name, KeyTable(), SessionCodec(token, settings.session_ttl_s))
 
 
 def _error(status: int, detail: str, retry_after_s: int | None = None) -> JSONResponse:
@@ -65,9 +119,17 @@ def _field_error(request: Request, field: str, message: str) -> dict[str, object
 
 def create_app(settings: ApiSettings, *, bus_factory: BusFactory = nats_bus_factory) -> FastAPI:
     """Build the gateway. ``bus_factory`` is swapped for an in-memory bus in unit tests."""
-    state = GatewayState(settings=settings)
+    credentials = _credentials(settings)
+    state = GatewayState(
+        settings=settings,
+        audit=AuditTrail(durable=settings.database_url is not None),
+        credentials=credentials,
+        keys=credentials.keys if credentials else KeyTable(),
+        allowed_hosts=settings.allowed_host_names(),
+    )
     if settings.database_url:
         state.engine = make_engine(settings.database_url, connect_timeout_s=3, pool_size=2)
+        state.store_problem = "not ready yet: the gateway's tables are being opened"
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -86,11 +148,16 @@ def create_app(settings: ApiSettings, *, bus_factory: BusFactory = nats_bus_fact
             os.kill(os.getpid(), signal.SIGTERM)
 
         ctx.spawn(connect(), name="connect")
+        ctx.spawn(state.audit.run(), name="audit")
+        ctx.spawn(state.inflight.watch(), name="lost-answers")
+        if state.engine is not None:
+            ctx.spawn(_open_store(state), name="access-store")
         watcher = asyncio.create_task(exit_on_crash())
         try:
             yield
         finally:
             watcher.cancel()
+            await state.audit.flush()
             await ctx.shutdown()
             if state.bus is not None:
                 await state.bus.drain()
@@ -100,42 +167,27 @@ def create_app(settings: ApiSettings, *, bus_factory: BusFactory = nats_bus_fact
     app = FastAPI(
         title="gpuplane",
         version=__version__,
-        description="Control plane for multi-GPU machines running self-hosted AI services.",
+        description="Control plane for multi-GPU machines running self-hosted AI services. Every route but "
+        "/healthz, /metrics and the console's login needs `Authorization: Bearer <token>`: the admin token, "
+        "or an inference key for /v1.",
         lifespan=lifespan,
     )
     app.state.gateway = state
     app.state.crashed = None
-    app.include_router(system.router)
-    app.include_router(gpu_config.router)
-    app.include_router(health.router)
-    app.include_router(router_state.router)
-    app.include_router(inference.router)
-    metrics = http_metrics()
-    tracer = trace.get_tracer("gpuplane.http")
-
-    @app.middleware("http")
-    async def telemetry(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        correlation = request.headers.get(CORRELATION_HTTP_HEADER) or uuid.uuid4().hex
-        token = set_correlation_id(correlation)
-        started = time.perf_counter()
-        status = 500
-        try:
-            with tracer.start_as_current_span(
-                f"{request.method} {request.url.path}", kind=SpanKind.SERVER
-            ) as span:
-                response: Response = await call_next(request)
-                status = response.status_code
-                span.set_attribute("http.response.status_code", status)
-                response.headers[CORRELATION_HTTP_HEADER] = correlation
-                return response
-        finally:
-            route = request.scope.get("route")
-            path = getattr(route, "path", "unmatched")
-            metrics.requests.labels(request.method, path, str(status)).inc()
-            metrics.duration.labels(request.method, path).observe(time.perf_counter() - started)
-            reset_correlation_id(token)
+    for module in (system, gpu_config, health, router_state, inference, access, console):
+        app.include_router(module.router)
+    # Added last is outermost: telemetry sees (and counts) what the guard refuses.
+    app.add_middleware(Guard, state=state)
+    app.add_middleware(Telemetry)
 
     retry = settings.retry_after_s
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if is_inference_path(request.url.path):
+            kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+            return openai_error(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}", type_=kind)
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(NoInventoryYet)
     async def no_inventory(_: Request, exc: NoInventoryYet) -> JSONResponse:
@@ -161,11 +213,24 @@ def create_app(settings: ApiSettings, *, bus_factory: BusFactory = nats_bus_fact
             return JSONResponse({"detail": exc.remote_message, **exc.context}, status_code=409)
         if exc.code == "overloaded":
             return _error(429, exc.remote_message, inference.retry_after(exc.context.get("retry_after_s"), retry))
-        status = {"bad_request": 422, "not_found": 404, "unavailable": 503, "internal": 500}.get(exc.code, 502)
+        status = HTTP_STATUS.get(exc.code, 502)  # type: ignore[call-overload]
         return _error(status, exc.remote_message, retry if status == 503 else None)
 
     @app.exception_handler(BusError)
     async def bus_error(_: Request, exc: BusError) -> JSONResponse:
         return _error(502, str(exc))
+
+    @app.exception_handler(StoreNotReady)
+    async def store_not_ready(_: Request, exc: StoreNotReady) -> JSONResponse:
+        return _error(503, str(exc), retry)
+
+    @app.exception_handler(GpuplaneError)
+    async def local(request: Request, exc: GpuplaneError) -> JSONResponse:
+        """The gateway's own typed errors (a key's conflict, a missing key, the database away)."""
+        status = HTTP_STATUS[exc.reply_code]
+        field = getattr(exc, "field", None)
+        if status == 422 and field:
+            return JSONResponse({"detail": [_field_error(request, field, str(exc))]}, status_code=422)
+        return _error(status, str(exc), retry if status == 503 else None)
 
     return app

@@ -11,13 +11,16 @@ from shared.contracts import (
     ApplyRun,
     AssignmentDiff,
     AssignmentRequest,
+    AuditRecord,
     Drift,
     Gpu,
     GpuConfig,
     GpuPlanLoad,
+    Priority,
     ServiceAssignment,
     StrategyInfo,
 )
+from shared.names import Name
 
 
 class GpuOut(Gpu):
@@ -131,6 +134,54 @@ class ApplyStatusOut(BaseModel):
     drift: list[Drift] = Field(description="Containers that do not run what the override says (changed by hand?).")
     compose: str = Field(description="The compose command, project and files the orchestrator runs.")
     problems: list[str] = Field(description="What stops an apply now; empty when an apply can run.")
+
+
+# --------------------------------------------------------------------------- access: keys and audit
+
+
+class KeyIn(BaseModel):
+    """Body of POST /api/system/keys."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Name = Field(description="Who uses it (shown in metrics and the audit trail); one live key per name.")
+    max_priority: Priority | None = Field(
+        default=None, description="The highest priority its requests may ask for (none: any)."
+    )
+    rpm_limit: int | None = Field(
+        default=None, ge=1, le=1_000_000, description="Requests per minute (429 past it); none: no limit."
+    )
+
+
+class KeyOut(BaseModel):
+    name: str
+    prefix: str = Field(description="The key's first characters, to recognise it; the key itself is never shown again.")
+    max_priority: Priority | None
+    rpm_limit: int | None
+    created_at: datetime
+    created_by: str
+    revoked_at: datetime | None = None
+
+
+class KeyCreatedOut(KeyOut):
+    key: str = Field(description="The key. Shown this once: store it now.")
+
+
+class KeysOut(BaseModel):
+    keys: list[KeyOut]
+
+
+class AuditPageOut(BaseModel):
+    records: list[AuditRecord] = Field(description="Newest first.")
+    next_before: int | None = Field(
+        description="Pass as ?before= for the next (older) page; null when this is the last one."
+    )
+
+
+class LoginIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    token: str = Field(min_length=1, max_length=4096, description="The admin token.")
 
 
 # --------------------------------------------------------------------------- inference (OpenAI-compatible)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -36,7 +37,17 @@ async def one_inventory(url: str) -> dict[str, object]:
         await nc.close()
 
 
-def test_detector_and_api_alone_from_flags(own_nats_server: NatsServer) -> None:
+def test_the_api_alone_refuses_to_start_without_an_admin_token(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GPUPLANE_API_TOKEN")}
+    done = subprocess.run(
+        [sys.executable, "-m", "services.cli", "api", "--http-port", str(free_port())],
+        cwd=REPO, env={**env, "GPUPLANE_DATA_DIR": str(tmp_path)}, capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 2
+    assert "no admin token: set GPUPLANE_API_TOKEN" in done.stderr
+
+
+def test_detector_and_api_alone_from_flags(own_nats_server: NatsServer, tmp_path: Path) -> None:
     port = free_port()
     fleet = str(REPO / "deploy/fleets/dual-3090-nvlink.yaml")
     detector = subprocess.Popen(
@@ -44,9 +55,11 @@ def test_detector_and_api_alone_from_flags(own_nats_server: NatsServer) -> None:
          "--fleet", fleet, "--host-name", "rig-1", "--interval-s", "0.5"],
         cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
+    token = "standalone-admin-token-0123456789"
     api = subprocess.Popen(
         [sys.executable, "-m", "services.cli", "api", "--nats-url", own_nats_server.url, "--http-port", str(port)],
         cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        env={**os.environ, "GPUPLANE_API_TOKEN": token, "GPUPLANE_DATA_DIR": str(tmp_path)},
     )
     try:
         body = asyncio.run(one_inventory(own_nats_server.url))
@@ -56,7 +69,9 @@ def test_detector_and_api_alone_from_flags(own_nats_server: NatsServer) -> None:
         deadline = time.monotonic() + 20
         while True:
             try:
-                r = httpx.get(f"http://127.0.0.1:{port}/api/system/gpus", timeout=2)
+                r = httpx.get(
+                    f"http://127.0.0.1:{port}/api/system/gpus", headers={"Authorization": f"Bearer {token}"}, timeout=2
+                )
                 if r.status_code == 200:
                     break
             except httpx.HTTPError:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 
-from services.api.deps import BusDep
+from services.api.audit import audited
+from services.api.deps import BusDep, PrincipalDep, StateDep, client_address
 from services.api.schemas import (
     ApplyStatusOut,
     ConflictOut,
@@ -19,6 +20,7 @@ from services.api.schemas import (
 )
 from shared.contracts import (
     ApplyRequest,
+    AuditAction,
     ConfigGetRequest,
     ConfigPutRequest,
     ConfigReply,
@@ -59,13 +61,18 @@ async def get_config(bus: BusDep) -> GpuConfigOut:
 
 
 @router.put("", response_model=GpuConfigSavedOut, responses=ANSWERS, summary="Save GPU assignments")
-async def put_config(body: GpuConfigIn, bus: BusDep) -> GpuConfigSavedOut:
+async def put_config(
+    body: GpuConfigIn, bus: BusDep, state: StateDep, who: PrincipalDep, request: Request
+) -> GpuConfigSavedOut:
     """Save a strategy and assignments to the database and config/gpu-assignments.yml, together or not at all.
 
     Warnings do not block the save: they say what may not fit.
     """
-    request = ConfigPutRequest(strategy=body.strategy, assignments=tuple(body.assignments))
-    saved = await bus.request(PLANNER_CONFIG_PUT, request, ConfigSaved)
+    ask = ConfigPutRequest(strategy=body.strategy, assignments=tuple(body.assignments))
+    async with audited(state.audit, AuditAction.CONFIG_SAVE, who, client_address(request)) as target:
+        target["strategy"] = body.strategy
+        saved = await bus.request(PLANNER_CONFIG_PUT, ask, ConfigSaved)
+        target["revision"] = saved.config.revision
     return GpuConfigSavedOut(**saved.model_dump(exclude={"type"}))
 
 
@@ -107,22 +114,26 @@ def _accepted(reply: RunAccepted) -> RunAcceptedOut:
 @router.post(
     "/apply", status_code=202, response_model=RunAcceptedOut, responses=RUN_ANSWERS, summary="Apply the configuration"
 )
-async def apply(bus: BusDep) -> RunAcceptedOut:
+async def apply(bus: BusDep, state: StateDep, who: PrincipalDep, request: Request) -> RunAcceptedOut:
     """Recreate the containers whose GPU assignment differs from the saved configuration, one at a time,
     checking each one's GPUs and health; a failure restores what the run touched (GPUPLANE_ROLLBACK=auto).
     Answers at once with the run id; follow it with GET /status."""
-    # The orchestrator checks the compose command and CDI spec before it records the run.
-    reply = await bus.request(ORCHESTRATOR_APPLY, ApplyRequest(), RunAccepted, timeout_s=30.0)
+    async with audited(state.audit, AuditAction.APPLY, who, client_address(request)) as target:
+        # The orchestrator checks the compose command and CDI spec before it records the run.
+        reply = await bus.request(ORCHESTRATOR_APPLY, ApplyRequest(), RunAccepted, timeout_s=30.0)
+        target.update(run_id=reply.run.id, revision=reply.run.revision)
     return _accepted(reply)
 
 
 @router.post(
     "/rollback", status_code=202, response_model=RunAcceptedOut, responses=RUN_ANSWERS, summary="Roll back"
 )
-async def rollback(bus: BusDep) -> RunAcceptedOut:
+async def rollback(bus: BusDep, state: StateDep, who: PrincipalDep, request: Request) -> RunAcceptedOut:
     """Restore the configuration that was applied before the last successful run that changed something,
     containers and saved configuration both."""
-    reply = await bus.request(ORCHESTRATOR_ROLLBACK, RollbackRequest(), RunAccepted, timeout_s=30.0)
+    async with audited(state.audit, AuditAction.ROLLBACK, who, client_address(request)) as target:
+        reply = await bus.request(ORCHESTRATOR_ROLLBACK, RollbackRequest(), RunAccepted, timeout_s=30.0)
+        target.update(run_id=reply.run.id, revision=reply.run.revision, undoes=reply.run.rollback_of)
     return _accepted(reply)
 
 

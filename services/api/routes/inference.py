@@ -24,7 +24,10 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel
 from starlette.background import BackgroundTask
 
-from services.api.deps import BusDep, GatewayState, StateDep
+from services.api.access import Principal, priority_allowed
+from services.api.bodies import BodyProblem, parse_json
+from services.api.deps import BusDep, GatewayState, PrincipalDep, StateDep
+from services.api.metrics import gateway_metrics
 from services.api.routes.router_state import loaded_on, router_state
 from services.api.schemas import (
     ChatCompletionIn,
@@ -35,17 +38,18 @@ from services.api.schemas import (
     OpenAIErrorOut,
 )
 from shared.bus.base import Bus, Delivery, Subscription
-from shared.contracts import InferenceKind, InferenceRequest, InferenceResult, Priority, StreamChunk
+from shared.contracts import InferenceKind, InferenceRequest, InferenceResult, Priority, ServiceName, StreamChunk
 from shared.errors import (
     BusError,
     BusUnavailable,
+    Forbidden,
     GpuplaneError,
     InvalidRequest,
     NoResponders,
     RemoteError,
     RequestTimeout,
 )
-from shared.subjects import ROUTER_INFER, stream_chunks
+from shared.subjects import stream_chunks
 
 log = logging.getLogger("gpuplane.api.inference")
 
@@ -87,6 +91,8 @@ def error_response(exc: GpuplaneError, retry_after_s: int) -> JSONResponse:
     retry = str(retry_after_s)
     if isinstance(exc, InvalidRequest):
         return openai_error(400, str(exc), type_="invalid_request_error", param=exc.field)
+    if isinstance(exc, Forbidden):
+        return openai_error(403, str(exc), type_="permission_error", param=exc.field, code="forbidden")
     if isinstance(exc, RemoteError):
         msg, code = exc.remote_message, exc.code
         if code == "bad_request":
@@ -232,9 +238,9 @@ def parse_body(kind: InferenceKind, raw: object, priority_header: str | None = N
 
 async def _read_json(request: Request) -> object:
     try:
-        return json.loads(await request.body())
-    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError both
-        raise InvalidRequest(f"the request body is not valid JSON: {exc}") from exc
+        return parse_json(await request.body())
+    except BodyProblem as exc:
+        raise InvalidRequest(str(exc), field=exc.field) from None
 
 
 # --------------------------------------------------------------------------- answers
@@ -373,17 +379,19 @@ class ChunkStream:
 async def _stream(state: GatewayState, bus: Bus, request: InferenceRequest) -> Response:
     """Subscribe to the chunks first, then ask; answer with the stream once its first chunk arrives, or with
     the error the router gave before any chunk."""
-    subject = stream_chunks(state.instance, request.request_id)
+    subject = stream_chunks(ServiceName.API, state.instance, request.request_id)
     chunks: asyncio.Queue[StreamChunk] = asyncio.Queue()
+    received = asyncio.Event()
 
     async def on_chunk(chunk: StreamChunk, _: Delivery) -> None:
+        received.set()
         await chunks.put(chunk)
 
     sub = await bus.subscribe(subject, StreamChunk, on_chunk)
     ask = request.model_copy(update={"stream_subject": subject})
+    # A lost answer is sent again only while nothing of it has arrived: two generations must not mix.
     task = asyncio.create_task(
-        bus.request(ROUTER_INFER, ask, InferenceResult, timeout_s=state.settings.inference_timeout_s),
-        name=f"infer {request.request_id}",
+        state.inflight.ask(bus, ask, may_retry=lambda: not received.is_set()), name=f"infer {request.request_id}"
     )
     stream = ChunkStream(sub, task, chunks)
     response: StreamingResponse | None = None
@@ -405,10 +413,37 @@ async def _stream(state: GatewayState, bus: Bus, request: InferenceRequest) -> R
             await stream.close()
 
 
+def count_usage(who: str, body: dict[str, Any] | None) -> None:
+    """Tokens per key name, as the engine reported them in the answer's ``usage``."""
+    usage = body.get("usage") if isinstance(body, dict) else None
+    if not isinstance(usage, dict):
+        return
+    metrics = gateway_metrics()
+    for field_name, counter in (
+        ("prompt_tokens", metrics.key_prompt_tokens),
+        ("completion_tokens", metrics.key_completion_tokens),
+    ):
+        value = usage.get(field_name)
+        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**31:
+            counter.labels(who).inc(value)
+
+
 async def infer(
-    kind: InferenceKind, request: Request, state: GatewayState, bus: Bus, priority_header: str | None
+    kind: InferenceKind,
+    request: Request,
+    state: GatewayState,
+    bus: Bus,
+    principal: Principal,
+    priority_header: str | None,
 ) -> Response:
     parsed = parse_body(kind, await _read_json(request), priority_header)
+    highest = principal.key.max_priority if principal.key else None
+    if not priority_allowed(parsed.priority, highest):
+        raise Forbidden(
+            f"key {principal.name!r} may ask for priority {highest.value if highest else '?'} at most, "
+            f"not {parsed.priority.value}",
+            field="priority",
+        )
     ask = InferenceRequest(
         request_id=uuid.uuid4().hex,
         kind=kind,
@@ -417,9 +452,18 @@ async def infer(
         priority=parsed.priority,
         exclusive_gpu=parsed.exclusive_gpu,
     )
-    if parsed.stream:
-        return await _stream(state, bus, ask)
-    result = await bus.request(ROUTER_INFER, ask, InferenceResult, timeout_s=state.settings.inference_timeout_s)
+    metrics = gateway_metrics()
+    try:
+        if parsed.stream:
+            response = await _stream(state, bus, ask)
+            metrics.key_requests.labels(principal.name, "ok").inc()
+            return response
+        result = await state.inflight.ask(bus, ask)
+    except GpuplaneError:
+        metrics.key_requests.labels(principal.name, "error").inc()
+        raise
+    metrics.key_requests.labels(principal.name, "ok").inc()
+    count_usage(principal.name, result.body)
     if result.body is None:
         raise BusError(f"the router answered request {result.request_id} without a body")
     return JSONResponse(result.body, headers=result_headers(state, result))
@@ -437,10 +481,12 @@ PriorityHeader = Annotated[
     openapi_extra=_body_doc(ChatCompletionIn),
     summary="Chat completion (OpenAI-compatible)",
 )
-async def chat_completions(request: Request, state: StateDep, bus: BusDep, priority: PriorityHeader = None) -> Response:
+async def chat_completions(
+    request: Request, state: StateDep, bus: BusDep, who: PrincipalDep, priority: PriorityHeader = None
+) -> Response:
     """OpenAI's chat completion, served by the worker a router picks; `stream: true` answers with
     server-sent events. X-Gpuplane-Gpu, -Worker and -Route say who served it and why."""
-    return await infer(InferenceKind.CHAT, request, state, bus, priority)
+    return await infer(InferenceKind.CHAT, request, state, bus, who, priority)
 
 
 @router.post(
@@ -449,9 +495,11 @@ async def chat_completions(request: Request, state: StateDep, bus: BusDep, prior
     openapi_extra=_body_doc(CompletionIn),
     summary="Text completion (OpenAI-compatible)",
 )
-async def completions(request: Request, state: StateDep, bus: BusDep, priority: PriorityHeader = None) -> Response:
+async def completions(
+    request: Request, state: StateDep, bus: BusDep, who: PrincipalDep, priority: PriorityHeader = None
+) -> Response:
     """OpenAI's (legacy) text completion; `stream: true` answers with server-sent events."""
-    return await infer(InferenceKind.COMPLETION, request, state, bus, priority)
+    return await infer(InferenceKind.COMPLETION, request, state, bus, who, priority)
 
 
 @router.post(
@@ -460,9 +508,11 @@ async def completions(request: Request, state: StateDep, bus: BusDep, priority: 
     openapi_extra=_body_doc(EmbeddingIn),
     summary="Embeddings (OpenAI-compatible)",
 )
-async def embeddings(request: Request, state: StateDep, bus: BusDep, priority: PriorityHeader = None) -> Response:
+async def embeddings(
+    request: Request, state: StateDep, bus: BusDep, who: PrincipalDep, priority: PriorityHeader = None
+) -> Response:
     """OpenAI's embeddings; a router may batch several requests into one worker call."""
-    return await infer(InferenceKind.EMBEDDING, request, state, bus, priority)
+    return await infer(InferenceKind.EMBEDDING, request, state, bus, who, priority)
 
 
 @router.get("/v1/models", response_model=ModelListOut, responses=ANSWERS, summary="Models (OpenAI-compatible)")

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
-from services.api.deps import BusDep, ReadModelDep, StateDep
+from services.api.audit import audited
+from services.api.deps import BusDep, PrincipalDep, ReadModelDep, StateDep, client_address
 from services.api.readmodel import FleetView, ReadModel
 from services.api.schemas import ErrorOut, GpuOut, GpusOut, HostOut
-from shared.contracts import Inventory, RescanRequest
+from shared.contracts import AuditAction, Inventory, RescanRequest
 from shared.errors import GpuplaneError
 from shared.subjects import DETECTOR_RESCAN
 
@@ -63,8 +64,12 @@ async def list_gpus(read_model: ReadModelDep) -> GpusOut:
 @router.post(
     "/gpu-config/detect", response_model=GpusOut, responses=UNAVAILABLE, summary="Rescan GPUs now"
 )
-async def detect(bus: BusDep, read_model: ReadModelDep, state: StateDep) -> GpusOut:
+async def detect(
+    bus: BusDep, read_model: ReadModelDep, state: StateDep, who: PrincipalDep, request: Request
+) -> GpusOut:
     """Ask the detectors to rescan, and return the inventory they report."""
-    fresh = await bus.request(DETECTOR_RESCAN, RescanRequest(reason="api"), Inventory)
+    async with audited(state.audit, AuditAction.RESCAN, who, client_address(request)) as target:
+        fresh = await bus.request(DETECTOR_RESCAN, RescanRequest(reason=f"api ({who.name})"), Inventory)
+        target["host"] = fresh.host
     state.record_inventory(fresh)
     return current(read_model)

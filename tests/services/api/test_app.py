@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -10,13 +9,20 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from services.api.app import create_app
 from services.api.deps import GatewayState
-from services.api.settings import ApiSettings
 from shared.bus.base import Delivery
 from shared.bus.memory import MemoryBus
-from shared.contracts import Heartbeat, Inventory, InventorySource, RescanRequest, ServiceName, utc_now
-from shared.subjects import DETECTOR_RESCAN, heartbeat, inventory
+from shared.contracts import (
+    HealthReply,
+    HealthRequest,
+    Heartbeat,
+    Inventory,
+    InventorySource,
+    RescanRequest,
+    ServiceName,
+    utc_now,
+)
+from shared.subjects import DETECTOR_RESCAN, health, heartbeat, inventory
 from tests.builders import make_gpu
 from tests.services.api.gateway import running_gateway
 
@@ -79,14 +85,8 @@ async def test_inventory_loaded_from_stream_at_start() -> None:
     async def factory(*_: object) -> MemoryBus:
         return bus
 
-    app = create_app(ApiSettings(), bus_factory=factory)
-    async with app.router.lifespan_context(app):
-        for _ in range(100):
-            if app.state.gateway.bus is not None:
-                break
-            await asyncio.sleep(0.01)
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as c:
-            r = await c.get("/api/system/gpus")
+    async with running_gateway(bus) as (_, c):
+        r = await c.get("/api/system/gpus")
     assert r.status_code == 200
     assert r.json()["hosts"][0]["host"] == "early"
 
@@ -137,9 +137,25 @@ async def test_healthz_reports_each_dependency_and_service(gateway: Gateway) -> 
         )
     await gateway.bus.settle()
     r = await gateway.client.get("/healthz")
+    # Heartbeats alone are not enough: every service must also answer a health request now.
+    assert r.status_code == 503 and r.json()["services"]["router"]["ok"] is False
+
+    subscriptions = {}
+    for service in ServiceName:
+
+        async def answer(_: HealthRequest, __: Delivery, service: ServiceName = service) -> HealthReply:
+            return HealthReply(service=service, instance="1", host="box", ok=True, started_at=utc_now(), version="t")
+
+        subscriptions[service] = await gateway.bus.subscribe(health(service), HealthRequest, answer)
+    r = await gateway.client.get("/healthz")
     assert r.status_code == 200, r.json()
     assert r.json()["status"] == "ok"
     assert r.json()["services"]["detector"]["instances"] == 1
+
+    # A router that dies leaves its last heartbeat fresh for seconds, but no longer answers: down at once.
+    await subscriptions[ServiceName.ROUTER].unsubscribe()
+    r = await gateway.client.get("/healthz")
+    assert r.status_code == 503 and r.json()["services"]["router"]["ok"] is False
 
 
 async def test_metrics_expose_gpu_gauges_in_bytes(gateway: Gateway) -> None:

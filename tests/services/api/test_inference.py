@@ -15,7 +15,6 @@ import pytest
 from services.api.deps import GatewayState
 from services.api.routes import inference
 from services.api.routes.inference import ChunkStream, parse_body, retry_after
-from services.api.settings import ApiSettings
 from shared.bus.base import Delivery
 from shared.bus.memory import MemoryBus
 from shared.contracts import (
@@ -38,7 +37,7 @@ from shared.errors import (
 )
 from shared.subjects import ROUTER_INFER, ROUTER_STATE, inventory
 from tests.builders import make_gpu
-from tests.services.api.gateway import running_gateway
+from tests.services.api.gateway import gateway_settings, running_gateway
 from tests.services.api.test_router_state import FakeStateRouter, router_state, worker
 
 CHAT = {"model": "qwen-0.5b", "messages": [{"role": "user", "content": "hi"}]}
@@ -344,7 +343,7 @@ async def test_no_router_is_503_in_openai_shape(no_router: httpx.AsyncClient) ->
 
 
 async def test_a_router_that_does_not_answer_in_time_is_504(gateway: Gateway) -> None:
-    gateway.state.settings = ApiSettings(nats_url="nats://memory", inference_timeout_s=0.05)
+    gateway.state.settings = gateway_settings(inference_timeout_s=0.05)
 
     async def slow(req: InferenceRequest, _: MemoryBus) -> InferenceResult:
         await asyncio.sleep(1)
