@@ -55,6 +55,7 @@ class AuditTrail:
         self._wall = wall
         self._clock = clock
         self._ready = asyncio.Event()
+        self._flushing = asyncio.Lock()
         self._failures = RateLimiter()
         self._metrics = metrics or gateway_metrics()
 
@@ -114,6 +115,10 @@ class AuditTrail:
 
     async def flush(self) -> None:
         """Publish every new record, then write what the store can take; the rest waits for the next round."""
+        async with self._flushing:  # the background loop and the gateway's shutdown may both flush
+            await self._flush()
+
+    async def _flush(self) -> None:
         while self._unpublished:
             entry = self._unpublished.popleft()
             if self.bus is None:

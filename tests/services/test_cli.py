@@ -84,6 +84,7 @@ def test_up_refuses_a_port_in_use_and_says_which_setting(tmp_path: Path) -> None
         ({"GPUPLANE_DETECTOR_BACKEND": "simulated"}, None, "needs a fleet file: set GPUPLANE_FLEET"),
         ({}, "gpus:\n  - index: 0\n    name: X\n    vram_total_mb: lots\n", "vram_total_mb"),
         ({"GPUPLANE_FLEET": "/nonexistent/fleet.yaml"}, None, "does not exist"),
+        ({}, "hosts:\n  - name: 'evil*host'\n    gpus: []\n", "hosts.0.name"),
     ],
 )
 def test_up_refuses_bad_fleet_settings_before_starting_anything(
@@ -99,6 +100,46 @@ def test_up_refuses_bad_fleet_settings_before_starting_anything(
     assert result.returncode == 1
     assert expected in result.stderr
     assert "starting nats-server" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "env,expected",
+    [
+        ({"GPUPLANE_HOST_NAME": "bad host"}, "invalid setting host_name (GPUPLANE_HOST_NAME)"),
+        ({"GPUPLANE_AUTH": "off", "GPUPLANE_HTTP_HOST": "0.0.0.0"}, "only while every listener is on loopback"),
+    ],
+)
+def test_up_refuses_bad_settings_with_code_2(env: dict[str, str], expected: str, tmp_path: Path) -> None:
+    full_env = {**os.environ, "GPUPLANE_DATA_DIR": str(tmp_path / "data"), **env}
+    result = subprocess.run([sys.executable, "-m", "services.cli", "up"], env=full_env, cwd=REPO,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert expected in result.stderr
+
+
+def test_up_stops_at_a_service_name_against_the_rule_naming_the_file_and_the_field(tmp_path: Path) -> None:
+    catalog = tmp_path / "services.yml"
+    catalog.write_text("services:\n  ai-llm: {model: m, vram_gb: 4}\n  ai*star: {model: m, vram_gb: 1}\n")
+    env = {**os.environ, "GPUPLANE_DATA_DIR": str(tmp_path / "data"), "GPUPLANE_CATALOG_FILE": str(catalog),
+           "GPUPLANE_HTTP_PORT": str(free_port()), "GPUPLANE_NATS_PORT": str(free_port())}
+    result = subprocess.run([sys.executable, "-m", "services.cli", "up"], env=env, cwd=REPO,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert f"{catalog}: services.'ai*star': the service name is not valid" in result.stderr
+    assert "starting nats-server" not in result.stderr
+
+
+def test_compose_env_makes_fresh_secrets_and_never_overwrites(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    assert main(["compose-env", "--output", str(env_file)]) == 0
+    first = env_file.read_text()
+    assert oct(env_file.stat().st_mode & 0o777) == "0o600"
+    values = dict(line.split("=", 1) for line in first.splitlines() if line and not line.startswith("#"))
+    secrets = {k: v for k, v in values.items() if k != "GPUPLANE_ALLOWED_HOSTS"}
+    assert len(set(secrets.values())) == len(secrets) and all(len(v) >= 40 for v in secrets.values())
+    assert {f"GPUPLANE_NATS_{i}_PASSWORD" for i in ("DETECTOR", "API", "ADMIN", "OBSERVER")} <= set(values)
+    assert main(["compose-env", "--output", str(env_file)]) == 2
+    assert env_file.read_text() == first
 
 
 @pytest.mark.integration

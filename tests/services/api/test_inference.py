@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +26,8 @@ from shared.contracts import (
     InventorySource,
     Priority,
     Route,
+    RouterHeld,
+    RouterHeldQuery,
     RouterStateRequest,
     StreamChunk,
 )
@@ -35,7 +38,7 @@ from shared.errors import (
     OperationFailed,
     Overloaded,
 )
-from shared.subjects import ROUTER_INFER, ROUTER_STATE, inventory
+from shared.subjects import ROUTER_HELD, ROUTER_INFER, ROUTER_STATE, inventory
 from tests.builders import make_gpu
 from tests.services.api.gateway import gateway_settings, running_gateway
 from tests.services.api.test_router_state import FakeStateRouter, router_state, worker
@@ -573,3 +576,78 @@ async def test_the_openapi_document_shows_the_bodies_read_by_hand(gateway: Gatew
     assert {"/v1/completions", "/v1/embeddings", "/v1/models", "/api/gpu_stats", "/api/models", "/api/queue"} <= set(
         paths
     )
+
+
+# --------------------------------------------------------------------------- lost answers
+
+
+@dataclass
+class LossyRouter:
+    """Loses the answer to the first ``lose`` requests (as a router restart or NATS outage would): it never
+    answers them and no longer holds them; answers the rest."""
+
+    lose: int
+    held: set[str] = field(default_factory=set)
+    seen: list[str] = field(default_factory=list)
+
+    async def handle(self, req: InferenceRequest, _: Delivery) -> InferenceResult:
+        self.seen.append(req.request_id)
+        if len(self.seen) <= self.lose:
+            await asyncio.Event().wait()
+        self.held.add(req.request_id)
+        try:
+            await asyncio.sleep(0.01)
+            return result_for(req)
+        finally:
+            self.held.discard(req.request_id)
+
+    async def on_held(self, query: RouterHeldQuery, _: Delivery) -> RouterHeld:
+        return RouterHeld(router="r1", request_ids=tuple(r for r in query.request_ids if r in self.held))
+
+
+FAST_LOSS = {"answer_check_interval_s": 0.05, "answer_check_after_s": 0.05, "answer_grace_s": 0.05}
+
+
+@asynccontextmanager
+async def lossy_gateway(bus: MemoryBus, router: LossyRouter, **settings: Any) -> AsyncIterator[httpx.AsyncClient]:
+    await bus.subscribe(ROUTER_INFER, InferenceRequest, router.handle)
+    await bus.subscribe(ROUTER_HELD, RouterHeldQuery, router.on_held)
+    async with running_gateway(bus, gateway_settings(**FAST_LOSS, **settings)) as (_, client):
+        yield client
+
+
+async def test_a_lost_answer_is_asked_for_once_more(memory_bus: MemoryBus) -> None:
+    router = LossyRouter(lose=1)
+    async with lossy_gateway(memory_bus, router) as client:
+        r = await asyncio.wait_for(client.post("/v1/chat/completions", json=CHAT), 5)
+    assert r.status_code == 200
+    assert len(router.seen) == 2 and router.seen[0] == router.seen[1]  # the same request, sent again
+
+
+async def test_an_answer_lost_twice_is_a_503_with_retry_after_not_a_hang(memory_bus: MemoryBus) -> None:
+    router = LossyRouter(lose=2)
+    async with lossy_gateway(memory_bus, router, lost_request_bound_s=3) as client:
+        started = asyncio.get_running_loop().time()
+        r = await asyncio.wait_for(client.post("/v1/chat/completions", json=CHAT), 5)
+    assert r.status_code == 503 and r.headers["Retry-After"] == "5"
+    assert "was lost" in openai_error(r)["message"]
+    assert asyncio.get_running_loop().time() - started < 3
+
+
+async def test_an_answer_held_by_a_router_is_waited_for(memory_bus: MemoryBus) -> None:
+    """Slow is not lost: a router that still holds the request is left to answer."""
+    router = LossyRouter(lose=0)
+
+    async def slow(req: InferenceRequest, d: Delivery) -> InferenceResult:
+        router.held.add(req.request_id)
+        try:
+            await asyncio.sleep(0.5)
+            return result_for(req)
+        finally:
+            router.held.discard(req.request_id)
+
+    await memory_bus.subscribe(ROUTER_INFER, InferenceRequest, slow)
+    await memory_bus.subscribe(ROUTER_HELD, RouterHeldQuery, router.on_held)
+    async with running_gateway(memory_bus, gateway_settings(**FAST_LOSS)) as (_, client):
+        r = await asyncio.wait_for(client.post("/v1/chat/completions", json=CHAT), 5)
+    assert r.status_code == 200
