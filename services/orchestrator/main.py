@@ -297,7 +297,10 @@ def make_start(
                 ack_wait_s=settings.work_ack_wait_s,
             )
             if settings.converge_on_start:
-                await _converge(orchestrator, queue, settings)
+                try:
+                    await _converge(orchestrator, queue, settings)
+                except Exception:  # noqa: BLE001 - a courtesy at start-up must never become a crash loop
+                    log.exception("start-up convergence broke off; apply by hand (POST /api/system/gpu-config/apply)")
 
         ctx.spawn(background(), name="open-store")
         ctx.add_health(

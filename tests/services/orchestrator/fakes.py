@@ -195,6 +195,8 @@ class FakePlanner:
     def __init__(self) -> None:
         self.revisions: list[GpuConfig] = []
         self.restored: list[int] = []
+        self.failures: list[Exception] = []
+        """Raised, one per call, by ``saved`` before it answers."""
 
     def save(self, *assignments: ServiceAssignment) -> GpuConfig:
         config = GpuConfig(
@@ -208,6 +210,8 @@ class FakePlanner:
         return config
 
     async def saved(self) -> GpuConfig | None:
+        if self.failures:
+            raise self.failures.pop(0)
         return self.revisions[-1] if self.revisions else None
 
     async def restore(self, revision: int) -> GpuConfig:

@@ -256,6 +256,19 @@ async def test_a_left_over_run_that_breaks_never_stops_the_service_starting(
         settled_once(world, deliveries=2 if queued_again else 1)
 
 
+async def test_a_convergence_that_breaks_at_start_up_leaves_the_service_running(tmp_path: Path) -> None:
+    world = World(tmp_path)
+    world.settings = world.settings.model_copy(update={"converge_on_start": True})
+    world.planner.save(*BASE)
+    world.planner.failures = [RuntimeError("a bug in the planner's client")] * 100
+    async with running(world):
+        await asyncio.sleep(0.1)
+        assert world.ctx is not None and world.ctx.crashed is None
+        world.planner.failures = []
+        run = await world.apply()
+        assert (await world.ended(run.id)).state is RunState.SUCCEEDED
+
+
 async def test_start_up_waits_for_the_run_store_before_settling_a_left_over_run(tmp_path: Path) -> None:
     world = World(tmp_path)
     world.planner.save(*BASE)
