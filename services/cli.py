@@ -9,9 +9,14 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
+
+if TYPE_CHECKING:
+    from shared.bus.nats import NatsBus
+    from shared.identities import Identity
+    from shared.settings import CommonSettings
 
 from shared.contracts import Inventory, PlanPreview
 from shared.errors import ConfigError, GpuplaneError, ServiceCrashed
@@ -192,7 +197,6 @@ def _run_gpus(args: argparse.Namespace) -> int:
         print(format_inventories(_local_inventories(args.fleet, args.backend)))
         return 0
 
-    from shared.bus.nats import connect_once
     from shared.identities import Identity
     from shared.settings import CommonSettings
     from shared.subjects import INVENTORY_ALL
@@ -203,13 +207,7 @@ def _run_gpus(args: argparse.Namespace) -> int:
         _api_call("POST", "/api/system/gpu-config/detect", args)
 
     async def fetch() -> list[Inventory]:
-        bus = await connect_once(
-            settings.nats_url,
-            service="cli",
-            timeout_s=args.timeout_s,
-            identity=Identity.OBSERVER,
-            credentials=settings.nats_credentials(Identity.OBSERVER),
-        )
+        bus = await _connect_as(Identity.OBSERVER, settings, args.timeout_s)
         try:
             return await bus.latest(INVENTORY_ALL, Inventory)
         finally:
@@ -217,6 +215,17 @@ def _run_gpus(args: argparse.Namespace) -> int:
 
     print(format_inventories(asyncio.run(fetch())))
     return 0
+
+
+async def _connect_as(identity: Identity, settings: CommonSettings, timeout_s: float) -> NatsBus:
+    """The CLI's own NATS connection, as ``identity`` with the credentials the settings (or the data dir) give."""
+    from shared.bus.nats import connect_once
+
+    credentials = settings.nats_credentials(identity)
+    service = f"cli-{identity.value}"
+    return await connect_once(
+        settings.nats_url, service=service, timeout_s=timeout_s, identity=identity, credentials=credentials
+    )
 
 
 def _api_call(method: str, path: str, args: argparse.Namespace, body: object | None = None) -> Any:
@@ -284,20 +293,13 @@ def _run_keys(args: argparse.Namespace) -> int:
 
 def _run_nats_init(args: argparse.Namespace) -> int:
     """Create or update gpuplane's JetStream streams on a NATS of your own, as its admin identity."""
-    from shared.bus.nats import connect_once
     from shared.identities import Identity
     from shared.settings import CommonSettings
 
     settings = CommonSettings(**({"nats_url": args.nats_url} if args.nats_url else {}))
 
     async def init() -> None:
-        bus = await connect_once(
-            settings.nats_url,
-            service="nats-init",
-            timeout_s=args.timeout_s,
-            identity=Identity.ADMIN,
-            credentials=settings.nats_credentials(Identity.ADMIN),
-        )
+        bus = await _connect_as(Identity.ADMIN, settings, args.timeout_s)
         await bus.drain()
 
     asyncio.run(init())

@@ -190,6 +190,9 @@ class KeyTable:
     def replace(self, records: Iterable[KeyRecord]) -> None:
         self._by_hash = {r.hash: r for r in records if r.revoked_at is None}
 
+    def records(self) -> list[KeyRecord]:
+        return list(self._by_hash.values())
+
     def find(self, secret: str) -> KeyRecord | None:
         return self._by_hash.get(hash_secret(secret)) if secret.startswith(KEY_PREFIX) else None
 
@@ -202,7 +205,9 @@ def bearer(authorization: str | None) -> str | None:
     if not authorization:
         return None
     scheme, _, token = authorization.strip().partition(" ")
-    return token.strip() or None if scheme.lower() == "bearer" else None
+    if scheme.lower() != "bearer":
+        return None
+    return token.strip() or None
 
 
 @dataclass(frozen=True)

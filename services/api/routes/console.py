@@ -12,7 +12,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 
-from services.api.access import SESSION_COOKIE, Principal
+from services.api.access import SESSION_COOKIE, Credentials, Principal
 from services.api.deps import StateDep, client_address
 from services.api.schemas import LoginIn
 from shared.contracts import AuditAction
@@ -79,11 +79,10 @@ def _page(body: str, status: int = 200) -> HTMLResponse:
     return HTMLResponse(PAGE.format(body=body), status_code=status, headers=SECURITY_HEADERS)
 
 
-def _start_session(response: Response, state: StateDep, request: Request) -> None:
-    assert state.credentials is not None
+def _start_session(response: Response, credentials: Credentials, state: StateDep, request: Request) -> None:
     response.set_cookie(
         SESSION_COOKIE,
-        state.credentials.sessions.issue(state.clock()),
+        credentials.sessions.issue(state.clock()),
         max_age=int(state.settings.session_ttl_s),
         httponly=True,
         samesite="strict",
@@ -114,7 +113,7 @@ async def home(
             return _page(LOGIN.format(error="That link's token is not valid (any more)."), status=401)
         state.audit.record(AuditAction.LOGIN, who, client_address(request), target={"via": "link"})
         redirect = RedirectResponse("/", status_code=303, headers=SECURITY_HEADERS)
-        _start_session(redirect, state, request)
+        _start_session(redirect, credentials, state, request)
         return redirect
     who = _who(request)
     if who is not None and who.is_admin:
@@ -139,7 +138,7 @@ async def login(body: LoginIn, request: Request, state: StateDep) -> Response:
         return Response(status_code=401, headers={"WWW-Authenticate": 'Bearer realm="gpuplane"'})
     state.audit.record(AuditAction.LOGIN, who, client_address(request), target={"via": "form"})
     response = Response(status_code=204)
-    _start_session(response, state, request)
+    _start_session(response, credentials, state, request)
     return response
 
 

@@ -55,7 +55,7 @@ class Door:
     def add_key(self, name: str, **limits: object) -> str:
         secret, prefix = new_key()
         record = KeyRecord(name=name, prefix=prefix, hash=hash_secret(secret), created_at=NOW, created_by="t", **limits)
-        self.state.keys.replace([*self.state.keys._by_hash.values(), record])
+        self.state.keys.replace([*self.state.keys.records(), record])
         return secret
 
 

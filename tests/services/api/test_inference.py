@@ -587,6 +587,7 @@ class LossyRouter:
     answers them and no longer holds them; answers the rest."""
 
     lose: int
+    latency_s: float = 0.01
     held: set[str] = field(default_factory=set)
     seen: list[str] = field(default_factory=list)
 
@@ -596,7 +597,7 @@ class LossyRouter:
             await asyncio.Event().wait()
         self.held.add(req.request_id)
         try:
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(self.latency_s)
             return result_for(req)
         finally:
             self.held.discard(req.request_id)
@@ -636,18 +637,7 @@ async def test_an_answer_lost_twice_is_a_503_with_retry_after_not_a_hang(memory_
 
 async def test_an_answer_held_by_a_router_is_waited_for(memory_bus: MemoryBus) -> None:
     """Slow is not lost: a router that still holds the request is left to answer."""
-    router = LossyRouter(lose=0)
-
-    async def slow(req: InferenceRequest, d: Delivery) -> InferenceResult:
-        router.held.add(req.request_id)
-        try:
-            await asyncio.sleep(0.5)
-            return result_for(req)
-        finally:
-            router.held.discard(req.request_id)
-
-    await memory_bus.subscribe(ROUTER_INFER, InferenceRequest, slow)
-    await memory_bus.subscribe(ROUTER_HELD, RouterHeldQuery, router.on_held)
-    async with running_gateway(memory_bus, gateway_settings(**FAST_LOSS)) as (_, client):
+    router = LossyRouter(lose=0, latency_s=0.5)
+    async with lossy_gateway(memory_bus, router) as client:
         r = await asyncio.wait_for(client.post("/v1/chat/completions", json=CHAT), 5)
-    assert r.status_code == 200
+    assert r.status_code == 200 and len(router.seen) == 1

@@ -345,48 +345,40 @@ async def test_a_task_nobody_answers_waits_for_the_worker_to_come_back(memory_bu
     assert len(back.tasks) == 1
 
 
-async def test_an_answer_lost_on_the_way_back_is_noticed_and_the_request_served_again(memory_bus: MemoryBus) -> None:
+@pytest.fixture
+async def watching_router(memory_bus: MemoryBus) -> AsyncIterator[Router]:
+    """A router that asks its workers about tasks out for 50 ms, every 50 ms, with a 100 ms grace."""
+    fast = settings(answer_check_interval_s=0.05, answer_check_after_s=0.05, answer_grace_s=0.1)
+    router = Router(memory_bus, fast, CATALOG, "r1")
+    await router.start()
+    loops = [asyncio.create_task(router.run_timers()), asyncio.create_task(router.watch_answers())]
+    yield router
+    for loop in loops:
+        loop.cancel()
+    await router.close()
+
+
+async def test_an_answer_lost_on_the_way_back_is_noticed_and_the_request_served_again(
+    memory_bus: MemoryBus, watching_router: Router
+) -> None:
     """NATS restarting can drop a worker's answer: the worker no longer holds the task, the router still waits.
     Asked which tasks it holds, the worker leaves it out; a grace later it is sent again (its worker may well be
     fine: only the answer was lost, so the same worker, holding the group, serves it)."""
-    router = Router(
-        memory_bus,
-        settings(answer_check_interval_s=0.05, answer_check_after_s=0.05, answer_grace_s=0.1),
-        CATALOG,
-        "r1",
-    )
-    await router.start()
-    timers = asyncio.create_task(router.run_timers())
-    watch = asyncio.create_task(router.watch_answers())
-    try:
-        (lossy,) = await workers(memory_bus, {"worker_id": "w0", "groups": ("ga",), "lose_answers": 1})
-        result = await asyncio.wait_for(ask(memory_bus, "chat-a"), 5)
-        assert len(lossy.tasks) == 2
-        assert (result.worker_id, result.attempts) == ("w0", 2)
-        assert router.out == {}  # its slot is free again
-        assert router.pools.workers["w0"].circuit.state(router.clock()).value == "closed"
-    finally:
-        watch.cancel()
-        timers.cancel()
-        await router.close()
+    router = watching_router
+    (lossy,) = await workers(memory_bus, {"worker_id": "w0", "groups": ("ga",), "lose_answers": 1})
+    result = await asyncio.wait_for(ask(memory_bus, "chat-a"), 5)
+    assert len(lossy.tasks) == 2
+    assert (result.worker_id, result.attempts) == ("w0", 2)
+    assert router.out == {}  # its slot is free again
+    assert router.pools.workers["w0"].circuit.state(router.clock()).value == "closed"
 
 
-async def test_a_slow_answer_that_its_worker_still_holds_is_left_alone(memory_bus: MemoryBus) -> None:
-    router = Router(
-        memory_bus,
-        settings(answer_check_interval_s=0.05, answer_check_after_s=0.05, answer_grace_s=0.05),
-        CATALOG,
-        "r1",
-    )
-    await router.start()
-    watch = asyncio.create_task(router.watch_answers())
-    try:
-        (slow,) = await workers(memory_bus, {"worker_id": "w0", "groups": ("ga",), "latency_s": 0.6})
-        result = await asyncio.wait_for(ask(memory_bus, "chat-a"), 5)
-        assert (result.worker_id, result.attempts, len(slow.tasks)) == ("w0", 1, 1)
-    finally:
-        watch.cancel()
-        await router.close()
+async def test_a_slow_answer_that_its_worker_still_holds_is_left_alone(
+    memory_bus: MemoryBus, watching_router: Router
+) -> None:
+    (slow,) = await workers(memory_bus, {"worker_id": "w0", "groups": ("ga",), "latency_s": 0.6})
+    result = await asyncio.wait_for(ask(memory_bus, "chat-a"), 5)
+    assert (result.worker_id, result.attempts, len(slow.tasks)) == ("w0", 1, 1)
 
 
 async def test_the_router_says_which_requests_it_holds(memory_bus: MemoryBus, router: Router) -> None:

@@ -13,6 +13,8 @@ import os
 import signal
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 import pytest
@@ -45,12 +47,12 @@ groups:
 MODELS = ("big-chat-model", "coder-model", "small-chat-model")
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    root = tmp_path_factory.mktemp("inference")
+@contextmanager
+def inference_stack(root: Path, extra_env: dict[str, str] | None = None) -> Iterator[Stack]:
+    """`up` with the fast catalog, once its three workers are ready; stopped with SIGINT after."""
     catalog = root / "model_groups.yml"
     catalog.write_text(FAST_CATALOG)
-    s = launch(root, free_port(), free_port(), {"GPUPLANE_MODEL_GROUPS_FILE": str(catalog)})
+    s = launch(root, free_port(), free_port(), {"GPUPLANE_MODEL_GROUPS_FILE": str(catalog), **(extra_env or {})})
     try:
         wait_until(lambda: workers_ready(s) >= 3, 60, "three workers to be ready", s)
         yield s
@@ -61,6 +63,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 s.process.wait(60)
             except TimeoutError:
                 s.process.kill()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with inference_stack(tmp_path_factory.mktemp("inference")) as s:
+        yield s
 
 
 def workers_ready(stack: Stack) -> int:

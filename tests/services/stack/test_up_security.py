@@ -21,14 +21,13 @@ import nats.errors
 import psycopg
 import pytest
 
-from services.stack.embedded import free_port
 from shared.contracts import InventorySource, WorkerState, WorkerStatus
 from shared.identities import Identity, inbox_prefix
 from shared.subjects import ORCHESTRATOR_APPLY, ROUTER_INFER, inventory, worker_status
 from tests.builders import make_gpu
 from tests.otlp import Collector, start_collector
-from tests.services.stack.test_up import Stack, launch, wait_until
-from tests.services.stack.test_up_inference import FAST_CATALOG, chat, workers_ready
+from tests.services.stack.test_up import Stack, wait_until
+from tests.services.stack.test_up_inference import chat, inference_stack
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -44,25 +43,9 @@ def collector() -> Iterator[Collector]:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, collector: Collector) -> Iterator[Stack]:
-    root = tmp_path_factory.mktemp("security")
-    catalog = root / "model_groups.yml"
-    catalog.write_text(FAST_CATALOG)
-    env = {
-        "GPUPLANE_MODEL_GROUPS_FILE": str(catalog),
-        "OTEL_EXPORTER_OTLP_ENDPOINT": collector.endpoint,
-        "OTEL_BSP_SCHEDULE_DELAY": "200",
-    }
-    s = launch(root, free_port(), free_port(), env)
-    try:
-        wait_until(lambda: workers_ready(s) >= 3, 60, "three workers to be ready", s)
+    traced = {"OTEL_EXPORTER_OTLP_ENDPOINT": collector.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "200"}
+    with inference_stack(tmp_path_factory.mktemp("security"), traced) as s:
         yield s
-    finally:
-        if s.process.poll() is None:
-            s.process.send_signal(signal.SIGINT)
-            try:
-                s.process.wait(60)
-            except TimeoutError:
-                s.process.kill()
 
 
 class Refusals:
