@@ -436,6 +436,24 @@ async def infer(
     principal: Principal,
     priority_header: str | None,
 ) -> Response:
+    metrics = gateway_metrics()
+    try:
+        response = await _serve(kind, request, state, bus, principal, priority_header)
+    except GpuplaneError:
+        metrics.key_requests.labels(principal.name, "error").inc()
+        raise
+    metrics.key_requests.labels(principal.name, "ok").inc()
+    return response
+
+
+async def _serve(
+    kind: InferenceKind,
+    request: Request,
+    state: GatewayState,
+    bus: Bus,
+    principal: Principal,
+    priority_header: str | None,
+) -> Response:
     parsed = parse_body(kind, await _read_json(request), priority_header)
     highest = principal.key.max_priority if principal.key else None
     if not priority_allowed(parsed.priority, highest):
@@ -452,17 +470,9 @@ async def infer(
         priority=parsed.priority,
         exclusive_gpu=parsed.exclusive_gpu,
     )
-    metrics = gateway_metrics()
-    try:
-        if parsed.stream:
-            response = await _stream(state, bus, ask)
-            metrics.key_requests.labels(principal.name, "ok").inc()
-            return response
-        result = await state.inflight.ask(bus, ask)
-    except GpuplaneError:
-        metrics.key_requests.labels(principal.name, "error").inc()
-        raise
-    metrics.key_requests.labels(principal.name, "ok").inc()
+    if parsed.stream:
+        return await _stream(state, bus, ask)
+    result = await state.inflight.ask(bus, ask)
     count_usage(principal.name, result.body)
     if result.body is None:
         raise BusError(f"the router answered request {result.request_id} without a body")
