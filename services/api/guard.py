@@ -180,12 +180,15 @@ class Guard:
             return principal
         address = scope["client"][0] if scope.get("client") else None
         if principal is None:
-            if token is not None or session is not None:
+            presented = token is not None or session is not None
+            if presented:
                 state.audit.auth_failure(address, scope["path"], "invalid token" if token else "expired session")
             raise Refusal(
                 401,
                 "unauthenticated",
-                "a credential is needed: send 'Authorization: Bearer <admin token or inference key>'",
+                ("that credential is not valid (a wrong token, a revoked key or an expired session); "
+                 if presented else "a credential is needed: ")
+                + "send 'Authorization: Bearer <admin token or inference key>'",
                 headers={"WWW-Authenticate": 'Bearer realm="gpuplane"'},
             )
         if role is Role.ADMIN and not principal.is_admin:
