@@ -99,14 +99,8 @@ def worker_specs(
 class FleetChoice:
     fleet: Path | None
     reason: str
-
-    def hosts(self, this_host: str) -> tuple[str, ...]:
-        """The hosts the detector and the workers speak for (their NATS identities may name no other)."""
-        from services.detector.backends.simulated import load_fleet
-
-        if self.fleet is None:
-            return (this_host,)
-        return tuple(host for host, _ in load_fleet(self.fleet).host_gpus(this_host))
+    hosts: tuple[str, ...]
+    """The hosts the detector and the workers speak for (their NATS identities may name no other)."""
 
 
 def choose_fleet(settings: StackSettings) -> FleetChoice:
@@ -118,16 +112,20 @@ def choose_fleet(settings: StackSettings) -> FleetChoice:
     from services.detector.backends import open_backend
     from services.detector.backends.simulated import load_fleet
 
+    def simulated(path: Path, reason: str) -> FleetChoice:
+        hosts = tuple(host for host, _ in load_fleet(path).host_gpus(settings.host_name))
+        return FleetChoice(path, reason, hosts)
+
+    this_host = (settings.host_name,)
     if settings.fleet is not None:
         path = _project_file(settings.fleet)
         if not path.is_file():
             raise ConfigError(f"the fleet file {path} (GPUPLANE_FLEET / --fleet) does not exist")
-        load_fleet(path)
-        return FleetChoice(path, "GPUPLANE_FLEET is set")
+        return simulated(path, "GPUPLANE_FLEET is set")
     if settings.detector_backend == "simulated":
         raise ConfigError("GPUPLANE_DETECTOR_BACKEND=simulated needs a fleet file: set GPUPLANE_FLEET")
     if settings.detector_backend != "auto":
-        return FleetChoice(None, f"GPUPLANE_DETECTOR_BACKEND={settings.detector_backend}")
+        return FleetChoice(None, f"GPUPLANE_DETECTOR_BACKEND={settings.detector_backend}", this_host)
 
     probe = open_backend("auto", host="probe")
     try:
@@ -136,14 +134,13 @@ def choose_fleet(settings: StackSettings) -> FleetChoice:
         probe.close()
     problems = "; ".join(problem for scan in scans for problem in scan.problems)
     if any(scan.gpus for scan in scans):
-        return FleetChoice(None, f"real GPUs found through {probe.NAME}")
+        return FleetChoice(None, f"real GPUs found through {probe.NAME}", this_host)
     if probe.NAME != "none":
         problems = f"{probe.NAME} answered but reported no GPU" + (f"; {problems}" if problems else "")
     path = _project_file(settings.default_fleet)
     if not path.is_file():
         raise ConfigError(f"no GPU found ({problems}) and the default fleet {path} is missing")
-    load_fleet(path)
-    return FleetChoice(path, f"no GPU found on this machine ({problems})")
+    return simulated(path, f"no GPU found on this machine ({problems})")
 
 
 @dataclass(frozen=True)
@@ -456,7 +453,7 @@ async def run_stack(settings: StackSettings) -> int:
         if settings.nats_url:
             nats_url, nats_embedded = settings.nats_url, False
         else:
-            users = await asyncio.to_thread(nats_authorization, access.identities, fleet.hosts(settings.host_name))
+            users = await asyncio.to_thread(nats_authorization, access.identities, fleet.hosts)
             layout, argv = embedded.prepare_nats(data_dir, settings.nats_port, users)
             await supervisor.start(
                 ProcessSpec(
