@@ -6,6 +6,7 @@ Telemetry lives here, at the edge, so handlers stay free of it.
 from __future__ import annotations
 
 import contextvars
+import functools
 import logging
 import time
 import uuid
@@ -173,10 +174,10 @@ class Dispatcher:
         started = time.perf_counter()
         outcome = "ok"
         out: Reply | None = None
-        run = self._run(subject, data, headers, correlation, message_type, handler, reply_expected)
+        run = functools.partial(self._run, subject, data, headers, correlation, message_type, handler, reply_expected)
         try:
             if not self._tracing.traced(subject):
-                outcome, out = await run
+                outcome, out = await run()
                 return out
             with self._tracer.start_as_current_span(
                 f"process {pattern}",
@@ -189,7 +190,7 @@ class Dispatcher:
                     "gpuplane.correlation_id": correlation,
                 },
             ) as span:
-                outcome, out = await run
+                outcome, out = await run()
                 if outcome != "ok":
                     span.set_status(Status(StatusCode.ERROR, outcome))
                 return out
