@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import nats
@@ -78,8 +77,6 @@ class NatsBus:
         self._metrics = bus_metrics()
         self._jetstream_ok = True
         self._consumers: set[_PullConsumer] = set()
-        self.on_reconnect: list[Callable[[], None]] = []
-        """Called after each reconnect: answers sent while this process was away may be lost."""
         self._handlers: set[asyncio.Task[None]] = set()
         self._concurrent_subs: list[Subscription] = []
 
@@ -473,8 +470,6 @@ async def connect(
     async def on_reconnected() -> None:
         state["last_error_log"] = 0.0
         log.info("reconnected to NATS at %s", redact_url(nc.connected_url.geturl()) if nc.connected_url else "?")
-        for callback in list(bus.on_reconnect):
-            callback()
 
     nc = Client()
     bus = NatsBus(nc, service, request_timeout_s, drain_timeout_s, trace_status_messages=trace_status_messages)
