@@ -57,7 +57,7 @@ async def _feed_read_model(state: GatewayState, bus: Bus, ctx: ServiceContext) -
     async def on_audit(record: AuditRecord, _: Delivery) -> None:
         # Another gateway created or revoked a key: refuse or accept it here too, now.
         if record.action in KEY_EVENTS and state.store is not None:
-            state.keys.replace(await asyncio.to_thread(state.store.keys))
+            await state.reload_keys()
 
     await bus.subscribe(INVENTORY_ALL, Inventory, on_inventory)
     await bus.subscribe(HEARTBEAT_ALL, Heartbeat, on_heartbeat)
@@ -77,14 +77,14 @@ async def _open_store(state: GatewayState) -> None:
         state.store_problem = reason or ""
 
     await until_available(store.migrate, what="the gateway's tables", retry_s=2.0, on_problem=problem)
-    state.keys.replace(await asyncio.to_thread(store.keys))
+    await state.reload_keys(store)
     state.store = store
     state.audit.attach(store)
     log.info("inference keys and audit trail ready (%d live key(s))", len(state.keys))
     while True:
         await asyncio.sleep(state.settings.keys_refresh_s)
         try:
-            state.keys.replace(await asyncio.to_thread(store.keys))
+            await state.reload_keys(store)
         except DatabaseUnavailable as exc:
             log.warning("inference keys not refreshed (the ones known stay valid): %s", exc)
 

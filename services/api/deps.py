@@ -6,6 +6,7 @@ hop per request for a dictionary lookup.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Callable
@@ -60,6 +61,10 @@ class GatewayState:
         """Keep ``inv`` if it is the newest of its host, and refresh the per-GPU gauges."""
         if self.read_model.apply_inventory(inv):
             gpu_metrics().update(self.read_model.inventories())
+
+    async def reload_keys(self, store: AccessStore | None = None) -> None:
+        """Re-read the live inference keys (after a change here, or one another gateway announced)."""
+        self.keys.replace(await asyncio.to_thread((store or self.access_store()).keys))
 
     def access_store(self) -> AccessStore:
         if self.store is None:

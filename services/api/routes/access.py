@@ -35,12 +35,6 @@ def _out(record: KeyRecord) -> KeyOut:
     )
 
 
-async def reload_keys(state: StateDep) -> None:
-    """Re-read the live keys (after a change here, or one another gateway announced)."""
-    store = state.access_store()
-    state.keys.replace(await asyncio.to_thread(store.keys))
-
-
 @router.post(
     "/keys",
     status_code=201,
@@ -63,7 +57,7 @@ async def create_key(body: KeyIn, state: StateDep, who: PrincipalDep, request: R
         rpm_limit=body.rpm_limit,
     )
     await asyncio.to_thread(store.add_key, record)
-    await reload_keys(state)
+    await state.reload_keys()
     state.audit.record(AuditAction.KEY_CREATE, who, client_address(request), target={"key": body.name})
     return KeyCreatedOut(key=secret, **_out(record).model_dump())
 
@@ -91,7 +85,7 @@ async def revoke_key(
     record = await asyncio.to_thread(state.access_store().revoke_key, name, who.name, utc_now())
     if record is None:
         raise NotFound(f"no live key is called {name!r}", field="name")
-    await reload_keys(state)
+    await state.reload_keys()
     state.audit.record(AuditAction.KEY_REVOKE, who, client_address(request), target={"key": name})
     return _out(record)
 
