@@ -16,7 +16,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import bcrypt
 
 from shared.identities import Identity, render_users
-from shared.natsauth import NatsCredentials, identity_file, load_credentials, write_identity
+from shared.natsauth import NatsCredentials, find_credentials, identity_file, load_credentials, write_identity
 from shared.secrets import admin_token_file, ensure_secret, random_token, secrets_dir
 
 # The passwords are 256 random bits, so bcrypt's cost buys nothing; a low one keeps connects cheap.
@@ -85,8 +85,7 @@ class StackAccess:
 
     def credentials(self, identity: Identity) -> NatsCredentials | None:
         """``up``'s own connections (the admin's streams, the observer's first inventory)."""
-        path = self.identities.get(identity) or identity_file(self.data_dir, identity)
-        return load_credentials(path) if path.exists() else None
+        return find_credentials(self.identities.get(identity), self.data_dir, identity)
 
     def login_url(self, api: str) -> str | None:
         return f"{api}/?token={quote(self.admin_token, safe='')}" if self.admin_token else None
