@@ -298,6 +298,9 @@ class PreviewRequest(Message):
     type: Literal["gpuplane.planner.preview.request.v1"] = "gpuplane.planner.preview.request.v1"
     strategy: str | None = None
     """None: the saved strategy (or the default before the first save)."""
+    assignments: tuple[AssignmentRequest, ...] | None = None
+    """None: plan as a save without assignments would. Given: as a save with these would (the console's
+    form before it is saved)."""
 
 
 class PlanPreview(Message):
@@ -689,6 +692,23 @@ class RouterStateRequest(Message):
     type: Literal["gpuplane.router.state.request.v1"] = "gpuplane.router.state.request.v1"
 
 
+class RoutingDecision(Frozen):
+    """Where a router sent one answered request, and why (the console's "last decisions")."""
+
+    at: datetime
+    request_id: str
+    model: str
+    group: str
+    worker_id: Name
+    host: Name
+    device: str
+    route: Route
+    reason: str
+    attempts: int = Field(default=1, ge=1)
+    batch_size: int = Field(default=1, ge=1)
+    queued_s: float = Field(default=0.0, ge=0)
+
+
 class RouterState(Message):
     """A router's view of the pools, for ``/api/gpu_stats``, ``/api/models`` and ``/api/queue``."""
 
@@ -702,6 +722,8 @@ class RouterState(Message):
     """Requests waiting in this router, by priority."""
     queue_limit: int
     in_flight: int
+    decisions: tuple[RoutingDecision, ...] = ()
+    """Its last answered requests' placements, newest first."""
     at: datetime = Field(default_factory=utc_now)
 
 
@@ -740,6 +762,7 @@ class AuditAction(StrEnum):
     """What changed. The names are subject tokens: ``gpuplane.audit.<action>``."""
 
     CONFIG_SAVE = "config_save"
+    CONFIG_RESTORE = "config_restore"
     APPLY = "apply"
     ROLLBACK = "rollback"
     RESCAN = "rescan"

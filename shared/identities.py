@@ -205,7 +205,8 @@ def permissions(identity: Identity, hosts: Iterable[str] | None = None) -> Permi
                 heartbeat(ServiceName.API),
                 *reads,
             ),
-            subscribe=(INVENTORY_ALL, HEARTBEAT_ALL, AUDIT_ALL, STREAM_TO_API, health(ServiceName.API), inbox),
+            # The console's live events (routes/events.py) are the observer's events.
+            subscribe=(*OBSERVER_EVENTS, STREAM_TO_API, health(ServiceName.API), inbox),
             allow_responses=True,
         )
     if identity is Identity.OBSERVER:

@@ -38,8 +38,10 @@ class Role(StrEnum):
 MUTATING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 INFERENCE_READS = frozenset({"/api/gpu_stats", "/api/models", "/api/queue"})
 """Read-only views of the router that older clients poll with the key they use for /v1."""
-CONSOLE_PUBLIC = frozenset({"/", "/login", "/logout", "/login.js"})
+CONSOLE_PUBLIC = frozenset({"/", "/login", "/logout"})
 """The console's door: ``/`` shows the login form until there is a session."""
+CONSOLE_ASSETS = "/console/"
+"""The console's static files (HTML, CSS, scripts: no data), public so the login page can load them."""
 
 
 def is_inference_path(path: str) -> bool:
@@ -49,6 +51,8 @@ def is_inference_path(path: str) -> bool:
 def route_role(method: str, path: str, *, metrics_public: bool) -> Role:
     """The role ``method path`` needs. Anything not named here needs the admin token (fail closed)."""
     if path == "/healthz" or path in CONSOLE_PUBLIC:
+        return Role.PUBLIC
+    if method in ("GET", "HEAD") and path.startswith(CONSOLE_ASSETS):
         return Role.PUBLIC
     if path == "/metrics":
         return Role.PUBLIC if metrics_public else Role.ADMIN
@@ -114,15 +118,28 @@ def cross_site(headers: Mapping[str, str], host: str | None) -> str | None:
     return None
 
 
-def content_type_problem(content_type: str | None, has_body: bool) -> str | None:
-    """Mutating routes take only JSON: a form or ``text/plain`` (what a page can send anywhere without
-    asking) is refused. A request with no body at all needs no type."""
+YAML_PATHS = frozenset({"/api/system/backup/restore"})
+"""Routes that take a YAML document (a backup file). ``application/yaml`` is no type a page on another
+site can send without the browser asking first, so it is as safe here as JSON."""
+YAML_TYPES = frozenset({"application/yaml", "application/x-yaml", "text/yaml"})
+
+
+def media_type(content_type: str | None) -> str:
+    return (content_type or "").split(";", 1)[0].strip().lower()
+
+
+def content_type_problem(content_type: str | None, has_body: bool, *, accepts_yaml: bool = False) -> str | None:
+    """Mutating routes take only JSON (and the backup route YAML): a form or ``text/plain`` (what a page
+    can send anywhere without asking) is refused. A request with no body at all needs no type."""
+    wanted = "application/json or application/yaml" if accepts_yaml else "application/json"
     if content_type is None:
-        return "a request with a body must say Content-Type: application/json" if has_body else None
-    media = content_type.split(";", 1)[0].strip().lower()
+        return f"a request with a body must say Content-Type: {wanted}" if has_body else None
+    media = media_type(content_type)
     if media == "application/json" or (media.startswith("application/") and media.endswith("+json")):
         return None
-    return f"Content-Type {media or '(empty)'} is not accepted here: send application/json"
+    if accepts_yaml and media in YAML_TYPES:
+        return None
+    return f"Content-Type {media or '(empty)'} is not accepted here: send {wanted}"
 
 
 # --------------------------------------------------------------------------- credentials

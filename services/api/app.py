@@ -6,7 +6,7 @@ import asyncio
 import logging
 import os
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -16,16 +16,17 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from services.api.access import Credentials, KeyTable, SessionCodec, is_inference_path
 from services.api.audit import AuditTrail
 from services.api.deps import GatewayState, StoreNotReady
+from services.api.events import EVENT_KINDS
 from services.api.guard import Guard
 from services.api.observe import Telemetry
-from services.api.routes import access, console, gpu_config, health, inference, router_state, system
+from services.api.routes import access, backup, console, events, gpu_config, health, inference, router_state, system
 from services.api.routes.inference import openai_error
 from services.api.routes.system import NoInventoryYet
 from services.api.settings import ApiSettings
 from services.api.store import AccessStore
 from shared import __version__
 from shared.bus.base import Bus, Delivery
-from shared.contracts import AuditAction, AuditRecord, Heartbeat, Inventory, ServiceName, utc_now
+from shared.contracts import AuditAction, AuditRecord, Heartbeat, Inventory, Message, ServiceName, utc_now
 from shared.database import DatabaseUnavailable, make_engine, until_available
 from shared.errors import (
     HTTP_STATUS,
@@ -50,11 +51,13 @@ async def _feed_read_model(state: GatewayState, bus: Bus, ctx: ServiceContext) -
 
     async def on_inventory(inv: Inventory, _: Delivery) -> None:
         state.record_inventory(inv)
+        state.events.publish("inventory", inv)
 
     async def on_heartbeat(beat: Heartbeat, _: Delivery) -> None:
         state.read_model.apply_heartbeat(beat, utc_now())
 
     async def on_audit(record: AuditRecord, _: Delivery) -> None:
+        state.events.publish("audit", record)
         # Another gateway created or revoked a key: refuse or accept it here too, now.
         if record.action in KEY_EVENTS and state.store is not None:
             await state.reload_keys()
@@ -62,10 +65,20 @@ async def _feed_read_model(state: GatewayState, bus: Bus, ctx: ServiceContext) -
     await bus.subscribe(INVENTORY_ALL, Inventory, on_inventory)
     await bus.subscribe(HEARTBEAT_ALL, Heartbeat, on_heartbeat)
     await bus.subscribe(AUDIT_ALL, AuditRecord, on_audit)
+    for kind, (subject, contract) in EVENT_KINDS.items():
+        if subject not in (INVENTORY_ALL, AUDIT_ALL):
+            await bus.subscribe(subject, contract, _relay(state, kind))
     for inv in await bus.latest(INVENTORY_ALL, Inventory):
         state.record_inventory(inv)
     state.bus = bus
     state.audit.bus = bus
+
+
+def _relay(state: GatewayState, kind: str) -> Callable[[Message, Delivery], Awaitable[None]]:
+    async def relay(message: Message, _: Delivery) -> None:
+        state.events.publish(kind, message)
+
+    return relay
 
 
 async def _open_store(state: GatewayState) -> None:
@@ -174,7 +187,7 @@ def create_app(settings: ApiSettings, *, bus_factory: BusFactory = nats_bus_fact
     )
     app.state.gateway = state
     app.state.crashed = None
-    for module in (system, gpu_config, health, router_state, inference, access, console):
+    for module in (system, gpu_config, backup, health, router_state, inference, access, events, console):
         app.include_router(module.router)
     # Added last is outermost: telemetry sees (and counts) what the guard refuses.
     app.add_middleware(Guard, state=state)

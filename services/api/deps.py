@@ -18,6 +18,7 @@ from sqlalchemy import Engine
 
 from services.api.access import Credentials, KeyTable, Principal, RateLimiter
 from services.api.audit import AuditTrail
+from services.api.events import EventHub
 from services.api.inflight import InFlight
 from services.api.readmodel import ReadModel
 from services.api.settings import ApiSettings
@@ -51,6 +52,8 @@ class GatewayState:
     clock: Callable[[], float] = time.monotonic
     instance: str = field(default_factory=lambda: uuid.uuid4().hex)
     """This gateway process's token, e.g. in the subjects streamed answers come back on."""
+    events: EventHub = field(default_factory=EventHub)
+    """The console's live event streams."""
     inflight: InFlight = field(init=False)
     """Inference requests out at the routers (and the watch for lost answers)."""
 

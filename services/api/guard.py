@@ -17,6 +17,8 @@ from typing import Any
 from services.api.access import (
     MUTATING_METHODS,
     SESSION_COOKIE,
+    YAML_PATHS,
+    YAML_TYPES,
     Principal,
     Role,
     bearer,
@@ -24,6 +26,7 @@ from services.api.access import (
     cross_site,
     host_allowed,
     is_inference_path,
+    media_type,
     retry_after_header,
     route_role,
 )
@@ -143,7 +146,7 @@ class Guard:
             why = cross_site(headers, host)
             if why is not None:
                 raise Refusal(403, "cross_site", f"refused: a browser sent this from another site ({why})")
-            problem = content_type_problem(headers.get("content-type"), has_body)
+            problem = content_type_problem(headers.get("content-type"), has_body, accepts_yaml=path in YAML_PATHS)
             if problem is not None:
                 raise Refusal(415, "content_type", problem)
         openai = is_inference_path(path)
@@ -160,7 +163,7 @@ class Guard:
         body = await _read_body(receive, limit)
         if body is None:
             raise Refusal(413, "too_large", f"the body is larger than {limit} bytes, the most this route takes")
-        if mutating and not openai and body:
+        if mutating and not openai and body and media_type(headers.get("content-type")) not in YAML_TYPES:
             try:
                 parse_json(body)
             except BodyProblem as exc:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
@@ -17,6 +19,7 @@ from shared.contracts import (
     GpuConfig,
     GpuPlanLoad,
     Priority,
+    RoutingDecision,
     ServiceAssignment,
     StrategyInfo,
 )
@@ -83,6 +86,24 @@ class GpuConfigIn(BaseModel):
     )
 
 
+def warnings_by_service(services: Iterable[str], warnings: Iterable[str]) -> dict[str, list[str]]:
+    """Each warning under every service it names (the console shows it next to that row); services
+    without a warning are left out. A name counts only as a whole name: ``ai-llm`` is not in ``ai-llm-2``."""
+    found: dict[str, list[str]] = {}
+    texts = list(warnings)
+    for service in services:
+        pattern = re.compile(rf"(?<![A-Za-z0-9._-]){re.escape(service)}(?![A-Za-z0-9_-])")
+        named = [w for w in texts if pattern.search(w)]
+        if named:
+            found[service] = named
+    return found
+
+
+WARNINGS_BY_SERVICE: Any = Field(
+    default_factory=dict, description="The warnings again, under each service they name (for the row it concerns)."
+)
+
+
 class GpuConfigOut(BaseModel):
     strategy: str
     saved: bool = Field(description="False before the first save: the assignments are the default strategy's plan.")
@@ -90,6 +111,7 @@ class GpuConfigOut(BaseModel):
     revision: int
     assignments: list[ServiceAssignment]
     warnings: list[str]
+    warnings_by_service: dict[str, list[str]] = WARNINGS_BY_SERVICE
     strategies: list[StrategyInfo]
     message: str | None = Field(default=None, description='e.g. "No GPUs detected".')
 
@@ -97,6 +119,7 @@ class GpuConfigOut(BaseModel):
 class GpuConfigSavedOut(BaseModel):
     success: bool
     warnings: list[str]
+    warnings_by_service: dict[str, list[str]] = WARNINGS_BY_SERVICE
     config: GpuConfig
     changes: list[AssignmentDiff]
 
@@ -105,6 +128,7 @@ class PlanPreviewOut(BaseModel):
     strategy: str
     assignments: list[ServiceAssignment]
     warnings: list[str]
+    warnings_by_service: dict[str, list[str]] = WARNINGS_BY_SERVICE
     gpus: list[GpuPlanLoad] = Field(description="Planned VRAM per GPU.")
     changes: list[AssignmentDiff] = Field(description="What would change from the saved configuration.")
     feasible: bool
@@ -339,3 +363,18 @@ class QueueOut(BaseModel):
 
     router: RouterQueueOut
     workers: list[WorkerQueueOut]
+    decisions: list[RoutingDecision] = Field(
+        default_factory=list, description="The router's last answered requests: where each went and why, newest first."
+    )
+
+
+class RestoreOut(BaseModel):
+    """Answer to POST /api/system/backup/restore."""
+
+    dry_run: bool
+    version: int = Field(description="The backup file's format version.")
+    strategy: str
+    changes: list[AssignmentDiff] = Field(description="What differs from the saved configuration (or did).")
+    warnings: list[str]
+    notes: list[str] = Field(description="What a restore does not do: keys to make again, settings that differ.")
+    revision: int | None = Field(description="The new revision (null on a dry run).")

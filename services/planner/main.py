@@ -96,7 +96,7 @@ def make_start(settings: PlannerSettings, planner: Planner) -> StartFn:
             return await planner.config()
 
         async def on_preview(req: PreviewRequest, _: Delivery) -> PlanPreview:
-            return await planner.preview(req.strategy)
+            return await planner.preview(req.strategy, req.assignments)
 
         async def announce(result: SaveResult) -> ConfigSaved:
             try:

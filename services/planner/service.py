@@ -21,6 +21,7 @@ from services.planner.core.snapshot import make_problem, pins_from_requests, pin
 from services.planner.core.strategies import STRATEGIES, get_strategy
 from services.planner.core.strategies.manual import Manual
 from shared.contracts import (
+    AssignmentRequest,
     ConfigPutRequest,
     ConfigReply,
     ConfigRestoreRequest,
@@ -120,9 +121,16 @@ class Planner:
             return pins_from_saved([a for a in saved.assignments if a.service in known])
         return ()
 
-    async def preview(self, strategy: str | None) -> PlanPreview:
+    async def preview(
+        self, strategy: str | None, assignments: Sequence[AssignmentRequest] | None = None
+    ) -> PlanPreview:
+        """What a save of ``strategy`` (with ``assignments``, when given) would store; stores nothing."""
         saved = await self._load(self.store) if self.store is not None else None
-        return self._preview(strategy, saved)
+        if not assignments:
+            return self._preview(strategy, saved)
+        name = get_strategy(strategy or (saved.strategy if saved else self.default_strategy)).NAME
+        pins = pins_from_requests(assignments, self.catalog, slots_from(self._inventories()))
+        return self._plan_for(name, pins, saved)
 
     def _preview(self, strategy: str | None, saved: GpuConfig | None) -> PlanPreview:
         name = get_strategy(strategy or (saved.strategy if saved else self.default_strategy)).NAME

@@ -8,6 +8,7 @@ import logging
 import random
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -34,6 +35,7 @@ from shared.contracts import (
     RouterHeldQuery,
     RouterState,
     RouterStateRequest,
+    RoutingDecision,
     ServiceName,
     StreamChunk,
     WorkerHeld,
@@ -42,6 +44,7 @@ from shared.contracts import (
     WorkerStatus,
     WorkerTask,
     WorkerView,
+    utc_now,
 )
 from shared.errors import (
     BusError,
@@ -71,6 +74,8 @@ log = logging.getLogger("gpuplane.router")
 decisions_log = logging.getLogger("gpuplane.router.decisions")
 
 MB_PER_GB = 1024.0
+DECISIONS_KEPT = 50
+"""Answered requests' placements kept for the console (RouterState.decisions)."""
 CLIENT_ERROR_CODES = frozenset({"bad_request", "not_found"})
 PRIORITY_RANK = {Priority.HIGH: 0, Priority.NORMAL: 1, Priority.LOW: 2}
 
@@ -166,6 +171,7 @@ class Router:
         self.out: dict[str, OutTask] = {}
         self.answers = AnswerWatch(settings.answer_check_after_s, settings.answer_grace_s)
         self.peaks: dict[tuple[str, str], float] = {}
+        self.decisions: deque[RoutingDecision] = deque(maxlen=DECISIONS_KEPT)
         self.metrics = router_metrics()
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
@@ -639,19 +645,28 @@ class Router:
             if future.done():
                 continue
             body = result.bodies[i] if i < len(result.bodies) else None
-            future.set_result(
-                InferenceResult(
-                    request_id=request.request_id,
-                    body=None if pending.streaming else body,
-                    worker_id=result.worker_id,
-                    device=result.device,
-                    host=result.host,
-                    route=placement.route,
-                    group=result.group,
-                    reason=placement.reason,
-                    attempts=pending.failures + pending.requeues + 1,
-                    batch_size=len(pending.requests),
-                    queued_s=max(0.0, now - pending.arrived_at - result.service_s - result.load_s),
+            answer = InferenceResult(
+                request_id=request.request_id,
+                body=None if pending.streaming else body,
+                worker_id=result.worker_id,
+                device=result.device,
+                host=result.host,
+                route=placement.route,
+                group=result.group,
+                reason=placement.reason,
+                attempts=pending.failures + pending.requeues + 1,
+                batch_size=len(pending.requests),
+                queued_s=max(0.0, now - pending.arrived_at - result.service_s - result.load_s),
+            )
+            future.set_result(answer)
+            self.decisions.appendleft(
+                RoutingDecision(
+                    at=utc_now(),
+                    model=request.model,
+                    **answer.model_dump(include={
+                        "request_id", "group", "worker_id", "host", "device", "route", "reason", "attempts",
+                        "batch_size", "queued_s",
+                    }),
                 )
             )
 
@@ -730,6 +745,7 @@ class Router:
             queued=self.queue.depths(),
             queue_limit=self.queue.limit,
             in_flight=len(self.out),
+            decisions=tuple(self.decisions),
         )
 
     def _groups(self) -> tuple[GroupInfo, ...]:

@@ -17,6 +17,7 @@ from services.api.schemas import (
     GpuConfigSavedOut,
     PlanPreviewOut,
     RunAcceptedOut,
+    warnings_by_service,
 )
 from shared.contracts import (
     ApplyRequest,
@@ -55,8 +56,12 @@ async def get_config(bus: BusDep) -> GpuConfigOut:
     """The saved strategy and assignments (or the default plan before the first save), the strategies on
     offer with one-line descriptions, and warnings against the GPUs detected now."""
     reply = await bus.request(PLANNER_CONFIG_GET, ConfigGetRequest(), ConfigReply)
+    config = reply.config
     return GpuConfigOut(
-        **reply.config.model_dump(), strategies=list(reply.strategies), message=reply.message
+        **config.model_dump(),
+        warnings_by_service=warnings_by_service((a.service for a in config.assignments), config.warnings),
+        strategies=list(reply.strategies),
+        message=reply.message,
     )
 
 
@@ -73,7 +78,8 @@ async def put_config(
         target["strategy"] = body.strategy
         saved = await bus.request(PLANNER_CONFIG_PUT, ask, ConfigSaved)
         target["revision"] = saved.config.revision
-    return GpuConfigSavedOut(**saved.model_dump(exclude={"type"}))
+    by_service = warnings_by_service((a.service for a in saved.config.assignments), saved.warnings)
+    return GpuConfigSavedOut(**saved.model_dump(exclude={"type"}), warnings_by_service=by_service)
 
 
 @router.get("/preview", response_model=PlanPreviewOut, responses=ANSWERS, summary="Preview a strategy")
@@ -83,8 +89,20 @@ async def preview(
 ) -> PlanPreviewOut:
     """What ``strategy`` would assign, its warnings, VRAM per GPU and the changes from the saved
     configuration. Saves nothing."""
-    proposal = await bus.request(PLANNER_PREVIEW, PreviewRequest(strategy=strategy), PlanPreview)
-    return PlanPreviewOut(**proposal.model_dump(exclude={"type"}))
+    return await _preview(bus, PreviewRequest(strategy=strategy))
+
+
+@router.post("/preview", response_model=PlanPreviewOut, responses=ANSWERS, summary="Preview unsaved assignments")
+async def preview_body(body: GpuConfigIn, bus: BusDep) -> PlanPreviewOut:
+    """What a PUT of this body would save (the console's form before Save): the plan, its warnings,
+    VRAM per GPU and the changes from the saved configuration. Saves nothing."""
+    return await _preview(bus, PreviewRequest(strategy=body.strategy, assignments=tuple(body.assignments)))
+
+
+async def _preview(bus: BusDep, ask: PreviewRequest) -> PlanPreviewOut:
+    proposal = await bus.request(PLANNER_PREVIEW, ask, PlanPreview)
+    by_service = warnings_by_service((a.service for a in proposal.assignments), proposal.warnings)
+    return PlanPreviewOut(**proposal.model_dump(exclude={"type"}), warnings_by_service=by_service)
 
 
 RUN_ANSWERS: dict[int | str, dict[str, Any]] = {

@@ -254,11 +254,18 @@ def _gpu_header(state: GatewayState, host: str, device: str) -> str:
     return f"{host}/{device}" if _multi_host(state) else device
 
 
+def header_text(text: str, limit: int = 300) -> str:
+    """``text`` as a header value can carry it: printable ASCII on one line, at most ``limit`` characters."""
+    clean = "".join(c if " " <= c <= "~" else "?" for c in text)
+    return clean if len(clean) <= limit else clean[: limit - 3] + "..."
+
+
 def result_headers(state: GatewayState, result: InferenceResult) -> dict[str, str]:
     return {
         "X-Gpuplane-Gpu": _gpu_header(state, result.host, result.device),
         "X-Gpuplane-Worker": result.worker_id,
         "X-Gpuplane-Route": result.route.value,
+        "X-Gpuplane-Reason": header_text(result.reason),
         "X-Gpuplane-Request-Id": result.request_id,
         "X-Gpuplane-Attempts": str(result.attempts),
         "X-Gpuplane-Queued-Ms": str(round(result.queued_s * 1000)),

@@ -154,6 +154,7 @@ def queue(state: RouterState) -> QueueOut:
             in_flight=state.in_flight,
         ),
         workers=[_worker(w) for w in workers],
+        decisions=list(state.decisions),
     )
 
 

@@ -94,7 +94,17 @@ async def test_a_change_needs_the_admin_token(door: Door) -> None:
 
 
 @pytest.mark.parametrize(
-    "path", ["/api/system/gpus", "/api/system/gpu-config", "/api/system/audit", "/docs", "/openapi.json", "/nope"]
+    "path",
+    [
+        "/api/system/gpus",
+        "/api/system/gpu-config",
+        "/api/system/audit",
+        "/api/system/backup",
+        "/api/events",
+        "/docs",
+        "/openapi.json",
+        "/nope",
+    ],
 )
 async def test_reads_need_a_credential_too(door: Door, path: str) -> None:
     async with door.anonymous() as anonymous:
@@ -103,8 +113,11 @@ async def test_reads_need_a_credential_too(door: Door, path: str) -> None:
 
 async def test_only_healthz_metrics_and_the_login_page_are_open(door: Door) -> None:
     async with door.anonymous() as anonymous:
-        for path in ("/healthz", "/metrics", "/", "/login.js"):
+        for path in ("/healthz", "/metrics", "/", "/console/login.js", "/console/app.css"):
             assert (await anonymous.get(path)).status_code in (200, 503), path
+        # Only the console's files are open under /console/, and nothing outside them.
+        for path in ("/console/../services/api/settings.py", "/console/%2e%2e/deps.py", "/console/NOPE.js"):
+            assert (await anonymous.get(path)).status_code in (401, 404), path
 
 
 async def test_a_key_may_call_v1_but_change_nothing(door: Door) -> None:
@@ -244,7 +257,7 @@ async def test_the_console_login_link_sets_a_strict_session_and_drops_the_token(
         assert "gpuplane_session=" in cookie and "httponly" in cookie and "samesite=strict" in cookie
         assert "secure" not in cookie  # plain HTTP here; Secure over TLS
         signed_in = await browser.get("/")
-        assert "Signed in as <strong>admin</strong>" in signed_in.text
+        assert '<main id="view"' in signed_in.text and '<span id="who" class="who">admin</span>' in signed_in.text
         assert (await browser.get("/api/system/gpu-config/status")).status_code != 401
         # The cookie works for the API from the console's own page, never from another site's.
         r = await browser.put("/api/system/gpu-config", json=PUT, headers={"Origin": "http://evil.example"})

@@ -15,7 +15,7 @@ import pytest
 
 from services.api.deps import GatewayState
 from services.api.routes import inference
-from services.api.routes.inference import ChunkStream, parse_body, retry_after
+from services.api.routes.inference import ChunkStream, header_text, parse_body, retry_after
 from shared.bus.base import Delivery
 from shared.bus.memory import MemoryBus
 from shared.contracts import (
@@ -166,10 +166,19 @@ async def test_chat_answers_the_routers_body_with_who_served_it(gateway: Gateway
         "x-gpuplane-gpu": "cuda:1",
         "x-gpuplane-worker": "w1",
         "x-gpuplane-route": "affinity",
+        "x-gpuplane-reason": "group loaded",
         "x-gpuplane-request-id": req.request_id,
         "x-gpuplane-attempts": "2",
         "x-gpuplane-queued-ms": "12",
     }
+
+
+@pytest.mark.parametrize(
+    ("reason", "header"),
+    [("group loaded", "group loaded"), ("soonest → here\nnext", "soonest ? here?next"), ("x" * 400, "x" * 297 + "...")],
+)
+def test_the_reason_header_is_one_printable_line(reason: str, header: str) -> None:
+    assert header_text(reason) == header
 
 
 @pytest.mark.parametrize(
