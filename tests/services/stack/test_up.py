@@ -95,8 +95,11 @@ def wait_until(predicate, timeout_s: float, what: str, stack: Stack | None = Non
 
 def launch(root: Path, http_port: int, nats_port: int, extra_env: dict[str, str] | None = None) -> Stack:
     """Start `gpuplane up` from the repository as a user would, with its state under ``root``."""
+    # No GPUPLANE_FLEET of the caller's: like `make up` on a machine without GPUs, it must fall back to
+    # the reference fleet on its own and say so (unless the test names one in ``extra_env``).
+    inherited = {k: v for k, v in os.environ.items() if k != "GPUPLANE_FLEET"}
     env = {
-        **os.environ,
+        **inherited,
         "GPUPLANE_HTTP_PORT": str(http_port),
         "GPUPLANE_NATS_PORT": str(nats_port),
         "GPUPLANE_DATA_DIR": str(root / "data"),
@@ -105,9 +108,6 @@ def launch(root: Path, http_port: int, nats_port: int, extra_env: dict[str, str]
         "PYTHONUNBUFFERED": "1",
         **(extra_env or {}),
     }
-    # No GPUPLANE_FLEET: like `make up` on a machine without GPUs, it must fall back to the
-    # reference fleet on its own and say so.
-    env.pop("GPUPLANE_FLEET", None)
     log = root / f"up-{time.monotonic_ns()}.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
