@@ -15,7 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.contracts import AssignmentRequest, GpuConfig, Priority
+from shared.contracts import GPU_INDEX_MAX, AssignmentRequest, GpuConfig, GpuIndex, Priority
 from shared.names import Name
 
 BACKUP_KIND: Literal["gpuplane-backup"] = "gpuplane-backup"
@@ -30,7 +30,7 @@ class BackupAssignment(Strict):
     service: Name
     model: str | None = Field(default=None, description="For the reader; not restored (the catalog says it).")
     host: Name | None = None
-    gpus: list[int] = Field(default_factory=list, max_length=1024, description="The GPU indices it had.")
+    gpus: list[GpuIndex] = Field(default_factory=list, max_length=GPU_INDEX_MAX + 1, description="Its GPU indices.")
     pinned: bool = Field(default=False, description="True: restored on these GPUs; false: the strategy places it.")
     vram_budget_gb: float | None = Field(default=None, gt=0, le=4096, description="A budget the user set.")
     enabled: bool = True

@@ -52,13 +52,14 @@ class GatewayState:
     clock: Callable[[], float] = time.monotonic
     instance: str = field(default_factory=lambda: uuid.uuid4().hex)
     """This gateway process's token, e.g. in the subjects streamed answers come back on."""
-    events: EventHub = field(default_factory=EventHub)
+    events: EventHub = field(init=False)
     """The console's live event streams."""
     inflight: InFlight = field(init=False)
     """Inference requests out at the routers (and the watch for lost answers)."""
 
     def __post_init__(self) -> None:
         self.inflight = InFlight(self)
+        self.events = EventHub(streams_max=self.settings.event_streams_max)
 
     def record_inventory(self, inv: Inventory) -> None:
         """Keep ``inv`` if it is the newest of its host, and refresh the per-GPU gauges."""

@@ -50,6 +50,9 @@ class ApiSettings(CommonSettings):
     )
     metrics_public: bool = Field(default=True, description="/metrics without a credential (for Prometheus).")
     session_ttl_s: float = Field(default=12 * 3600.0, gt=0, description="How long a console login lasts.")
+    event_streams_max: int = Field(
+        default=64, ge=1, le=10_000, description="Most console event streams (/api/events) open at once."
+    )
     control_body_max_bytes: int = Field(
         default=64 * 1024, ge=1024, description="Largest body of a request outside /v1 (else 413)."
     )

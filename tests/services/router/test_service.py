@@ -125,6 +125,19 @@ async def test_a_failure_is_retried_once_elsewhere(memory_bus: MemoryBus, router
     assert (result.worker_id, result.route, result.attempts) == ("w1", Route.RETRY, 2)
 
 
+async def test_the_state_keeps_the_last_decisions_newest_first(memory_bus: MemoryBus, router: Router) -> None:
+    await workers(memory_bus, {"worker_id": "w0", "device": "cuda:0"}, {"worker_id": "w1", "device": "cuda:1"})
+    answers = [await ask(memory_bus, "chat-a") for _ in range(3)]
+
+    decisions = router.state().decisions
+    assert [d.request_id for d in decisions] == [a.request_id for a in reversed(answers)]
+    newest = decisions[0]
+    assert (newest.model, newest.worker_id, newest.device, newest.route, newest.reason) == (
+        "chat-a", answers[-1].worker_id, answers[-1].device, answers[-1].route, answers[-1].reason
+    )
+    assert newest.reason
+
+
 async def test_a_failure_everywhere_is_answered_after_one_retry(memory_bus: MemoryBus, router: Router) -> None:
     bad = await workers(
         memory_bus,
