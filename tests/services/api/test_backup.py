@@ -23,7 +23,9 @@ from shared.contracts import AssignmentRequest, GpuConfig, Priority, ServiceAssi
 NOW = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
 
 
-def assignment(service: str, gpus: tuple[int, ...], *, pinned: bool = False, budget: float | None = None) -> ServiceAssignment:
+def assignment(
+    service: str, gpus: tuple[int, ...], *, pinned: bool = False, budget: float | None = None
+) -> ServiceAssignment:
     return ServiceAssignment(
         service=service,
         model=f"{service} model",

@@ -94,8 +94,9 @@ async def test_export_then_import_shows_the_change_and_restores_the_configuratio
         (b"kind: gpuplane-backup\n", {"Content-Type": "application/json"}, 422, None),
     ],
 )
-async def test_a_bad_backup_is_a_4xx_that_names_the_problem(  # noqa: F811
-    stack: Stack, content: bytes, headers: dict[str, str], status: int, where: list[object] | None
+async def test_a_bad_backup_is_a_4xx_that_names_the_problem(
+    stack: Stack,  # noqa: F811
+    content: bytes, headers: dict[str, str], status: int, where: list[object] | None
 ) -> None:
     r = await stack.client.post("/api/system/backup/restore", content=content, headers=headers)
     assert r.status_code == status, r.text
