@@ -232,6 +232,8 @@ class ServiceAssignment(Frozen):
     """True when the user chose the GPU; false when the strategy did."""
     placed_by: str
     enabled: bool = True
+    budget_adjustable: bool = False
+    """The catalog lets its VRAM budget be set (filled in by the planner from the catalog; not stored)."""
 
     @property
     def gpu_index(self) -> int | None:

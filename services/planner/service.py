@@ -106,13 +106,19 @@ class Planner:
     def _in_catalog_order(self, config: GpuConfig) -> GpuConfig:
         position = {s.name: i for i, s in enumerate(self.catalog)}
         ordered = sorted(config.assignments, key=lambda a: (position.get(a.service, len(position)), a.service))
-        return config.model_copy(update={"assignments": tuple(ordered)})
+        return config.model_copy(update={"assignments": self._described(ordered)})
+
+    def _described(self, assignments: Sequence[ServiceAssignment]) -> tuple[ServiceAssignment, ...]:
+        """``assignments`` with what the catalog says of each service (whether its budget may be set)."""
+        adjustable = {s.name for s in self.catalog if s.budget_adjustable}
+        return tuple(a.model_copy(update={"budget_adjustable": a.service in adjustable}) for a in assignments)
 
     def _plan_for(self, strategy_name: str, pins: Sequence[Pin], saved: GpuConfig | None) -> PlanPreview:
         """The plan as a preview, its changes counted from ``saved``."""
         problem = make_problem(self._inventories(), self.catalog, pins, self.headroom_gb)
         plan = make_plan(problem, get_strategy(strategy_name))
-        return preview(plan, saved.assignments if saved else ())
+        proposal = preview(plan, saved.assignments if saved else ())
+        return proposal.model_copy(update={"assignments": self._described(proposal.assignments)})
 
     def _pins_for(self, strategy: str, saved: GpuConfig | None) -> tuple[Pin, ...]:
         """A strategy on its own plans from scratch; ``manual`` keeps the saved assignments."""
