@@ -60,3 +60,29 @@ def test_the_console_needs_a_session_and_sign_out_ends_it(page, console_stack: C
     page.fill("#token", console_stack.token)
     page.get_by_role("button", name="Sign in").click()
     expect(page.locator("main#view[data-page]")).to_be_visible()
+
+
+UNLABELLED = """() => [...document.querySelectorAll('main input, main select, main textarea, main button, header button')]
+  .filter((el) => !el.closest('[hidden]'))
+  .filter((el) => {
+    const named = el.getAttribute('aria-label') || el.getAttribute('aria-labelledby') || el.title
+      || (el.labels && el.labels.length) || (el.tagName === 'BUTTON' && el.textContent.trim());
+    return !named;
+  })
+  .map((el) => el.outerHTML.slice(0, 120))"""
+
+
+@pytest.mark.parametrize("name", PAGES)
+def test_every_control_has_a_name_and_the_keyboard_reaches_it(page, name: str) -> None:  # type: ignore[no-untyped-def]
+    page.goto(f"{page.url.split('#')[0]}#/{name}")
+    expect(page.locator(f"main#view[data-page='{name}']")).to_be_visible()
+    page.wait_for_timeout(1000)  # the page's first answers are in
+    assert page.evaluate(UNLABELLED) == []
+    # Tab moves through the page's controls: the first few stops are real, focusable controls.
+    stops = []
+    for _ in range(6):
+        page.keyboard.press("Tab")
+        stops.append(page.evaluate("document.activeElement && document.activeElement.tagName"))
+    # (BODY: past the page's last control, focus leaves the document before it wraps to the top bar)
+    controls = [s for s in stops if s != "BODY"]
+    assert len(controls) >= 3 and set(controls) <= {"A", "BUTTON", "INPUT", "SELECT", "TEXTAREA", "SUMMARY"}, stops
