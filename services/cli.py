@@ -1,10 +1,12 @@
-"""The ``gpuplane`` command: ``up`` runs the whole stack; each service also runs alone."""
+"""The ``gpuplane`` command: ``up`` runs the whole stack; each service also runs alone; ``config``, ``audit``
+and ``keys`` do what the web console does, through the gateway."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import functools
+import json
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -18,6 +20,8 @@ if TYPE_CHECKING:
     from shared.identities import Identity
     from shared.settings import CommonSettings
 
+from services import cli_config
+from shared import __version__
 from shared.contracts import Inventory, PlanPreview
 from shared.errors import ConfigError, GpuplaneError, ServiceCrashed
 
@@ -192,9 +196,16 @@ def _run_cdi_spec(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_inventories(inventories: Sequence[Inventory], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps([inv.model_dump(mode="json") for inv in inventories], indent=2))
+    else:
+        print(format_inventories(inventories))
+
+
 def _run_gpus(args: argparse.Namespace) -> int:
     if args.local:
-        print(format_inventories(_local_inventories(args.fleet, args.backend)))
+        _print_inventories(_local_inventories(args.fleet, args.backend), args.json)
         return 0
 
     from shared.identities import Identity
@@ -213,7 +224,7 @@ def _run_gpus(args: argparse.Namespace) -> int:
         finally:
             await bus.drain()
 
-    print(format_inventories(asyncio.run(fetch())))
+    _print_inventories(asyncio.run(fetch()), args.json)
     return 0
 
 
@@ -228,34 +239,17 @@ async def _connect_as(identity: Identity, settings: CommonSettings, timeout_s: f
     )
 
 
-def _api_call(method: str, path: str, args: argparse.Namespace, body: object | None = None) -> Any:
-    """Call the gateway with the admin token (GPUPLANE_API_TOKEN, else the one ``up`` keeps in the data dir)."""
-    import httpx
-
-    from services.api.settings import ApiSettings
-    from shared.errors import BusUnavailable, InvalidRequest
-
-    settings = ApiSettings(auth="on")
-    token = settings.admin_token()
-    if token is None:
-        raise ConfigError(
-            f"no admin token: set GPUPLANE_API_TOKEN, or GPUPLANE_DATA_DIR to the stack's data dir "
-            f"(looked in {settings.data_dir.resolve()})"
-        )
-    url = (getattr(args, "api_url", None) or f"http://127.0.0.1:{settings.http_port}").rstrip("/") + path
-    try:
-        response = httpx.request(
-            method, url, json=body, headers={"Authorization": f"Bearer {token}"}, timeout=getattr(args, "timeout_s", 10)
-        )
-    except httpx.HTTPError as exc:
-        raise BusUnavailable(f"the gateway at {url} did not answer: {exc}") from exc
-    if response.status_code >= 400:
-        try:
-            detail = response.json().get("detail", response.text)
-        except ValueError:
-            detail = response.text
-        raise InvalidRequest(f"{method} {path}: {response.status_code}: {detail}")
-    return response.json() if response.content else None
+def _api_call(
+    method: str,
+    path: str,
+    args: argparse.Namespace,
+    body: object | None = None,
+    *,
+    content: bytes | None = None,
+    content_type: str | None = None,
+) -> Any:
+    """Call the gateway with the admin token; see ``cli_config.api_call``."""
+    return cli_config.api_call(method, path, args, body, content=content, content_type=content_type)
 
 
 def _run_keys(args: argparse.Namespace) -> int:
@@ -453,6 +447,7 @@ def _run_watch(args: argparse.Namespace) -> int:
             done.set()
 
     done = asyncio.Event()
+    broken: list[bool] = []
 
     async def watch() -> None:
         try:
@@ -476,7 +471,13 @@ def _run_watch(args: argparse.Namespace) -> int:
             nonlocal count
             count += 1
             text = msg.data.decode(errors="replace")
-            print(f"[{msg.subject}] {text if args.full else text[:args.width]}", flush=True)
+            try:
+                print(f"[{msg.subject}] {text if args.full else text[:args.width]}", flush=True)
+            except BrokenPipeError:
+                # The reader left (`| head -1`); the subscription's error callback would swallow this.
+                broken.append(True)
+                done.set()
+                return
             if args.count and count >= args.count:
                 done.set()
 
@@ -494,12 +495,26 @@ def _run_watch(args: argparse.Namespace) -> int:
     try:
         asyncio.run(watch())
     except KeyboardInterrupt:
-        pass
+        return 130
+    if broken:
+        raise BrokenPipeError
+    return 0
+
+
+def _run_completion(args: argparse.Namespace) -> int:
+    print(cli_config.completion_script(build_parser(), args.shell), end="")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gpuplane", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="gpuplane",
+        description=__doc__,
+        epilog="Shell completion: `source <(gpuplane completion bash)` in ~/.bashrc "
+        "(or `source <(gpuplane completion zsh)` in ~/.zshrc).",
+    )
+    parser.add_argument("--version", action="version", version=f"gpuplane {__version__}",
+                        help="print gpuplane's version and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     up = sub.add_parser("up", help="start NATS, PostgreSQL and every service; Ctrl-C stops them all")
@@ -512,11 +527,13 @@ def build_parser() -> argparse.ArgumentParser:
     gpus = sub.add_parser("gpus", help="print the GPU inventory (from a running stack, or --local)")
     gpus.add_argument("--nats-url", default=None, help="NATS of the running stack")
     gpus.add_argument("--rescan", action="store_true", help="ask the detectors to rescan first (through the API)")
-    gpus.add_argument("--api-url", default=None, help="with --rescan: the gateway (default http://127.0.0.1:8080)")
+    gpus.add_argument("--api-url", default=None,
+                      help="with --rescan: the gateway (default http://127.0.0.1:$GPUPLANE_HTTP_PORT)")
     gpus.add_argument("--timeout-s", type=float, default=5.0, help="give up on NATS after this long")
     gpus.add_argument("--local", action="store_true", help="scan this machine now, without a stack")
     gpus.add_argument("--fleet", type=Path, default=None, help="with --local: simulate this fleet file")
     gpus.add_argument("--backend", default=None, help="with --local: auto, nvml, nvidia-smi, simulated, none")
+    gpus.add_argument("--json", action="store_true", help="print the inventories as JSON (a list, one per host)")
 
     plan = sub.add_parser("plan", help="print the plan a strategy makes for a fleet (no stack needed)")
     plan.add_argument("--strategy", default="vram_based", help="manual, vram_based, latency_optimized, "
@@ -553,8 +570,8 @@ def build_parser() -> argparse.ArgumentParser:
     conf.add_argument("--hosts", default=None, help="hosts detectors and workers may speak for (default: any)")
 
     probe = sub.add_parser("probe", help="exit 0 if a URL answers 2xx (container healthchecks)")
-    probe.add_argument("url")
-    probe.add_argument("--timeout-s", type=float, default=3.0)
+    probe.add_argument("url", help="the URL to GET")
+    probe.add_argument("--timeout-s", type=float, default=3.0, help="give up after this long (exit 1)")
 
     env = sub.add_parser("compose-env", help="write a .env of fresh secrets for docker-compose.yml")
     env.add_argument("--output", type=Path, default=None, help="e.g. .env (default: print it)")
@@ -569,6 +586,8 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--width", type=int, default=160, help="cut each message to this many characters")
     watch.add_argument("--full", action="store_true", help="print whole messages")
     watch.add_argument("--timeout-s", type=float, default=5.0, help="connect timeout")
+
+    cli_config.add_config_parser(sub)
     return parser
 
 
@@ -583,6 +602,9 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "nats-config": _run_nats_config,
     "compose-env": _run_compose_env,
     "probe": _run_probe,
+    "config": cli_config.run_config,
+    "audit": cli_config.run_audit,
+    "completion": _run_completion,
     **{name: functools.partial(_run_service, name) for name in SERVICE_FLAGS},
 }
 
@@ -590,7 +612,9 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
+        code = COMMANDS[args.command](args)
+        sys.stdout.flush()  # a reader that left (`| head`) shows here, where BrokenPipeError is handled
+        return code
     except ValidationError as exc:
         for err in exc.errors():
             field = ".".join(str(p) for p in err["loc"])
@@ -599,13 +623,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ServiceCrashed as exc:
         print(f"gpuplane: {exc}", file=sys.stderr)
         return 1
+    except cli_config.ApiError as exc:
+        print(f"gpuplane: {exc}", file=sys.stderr)
+        return exc.exit_code
     except GpuplaneError as exc:
         print(f"gpuplane: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # `gpuplane plan ... | head`
-        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silences the interpreter's flush at exit
+        # Point the stdout descriptor at /dev/null: the interpreter's flush at exit would fail again otherwise.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
         return 0
 
 
