@@ -163,8 +163,10 @@ def empty_console_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Co
         _stop(stack)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
+    """Chromium for one test module. Not for the session: Playwright's sync API keeps an event loop
+    running in the main thread while it is open, and the asyncio tests of later modules need it gone."""
     reason = chromium_missing()
     if reason:
         pytest.skip(f"the console's browser tests need Chromium and Playwright: {reason}")
