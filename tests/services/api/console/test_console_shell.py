@@ -87,3 +87,17 @@ def test_every_control_has_a_name_and_the_keyboard_reaches_it(page, name: str) -
     # (BODY: past the page's last control, focus leaves the document before it wraps to the top bar)
     controls = [s for s in stops if s != "BODY"]
     assert len(controls) >= 3 and set(controls) <= {"A", "BUTTON", "INPUT", "SELECT", "TEXTAREA", "SUMMARY"}, stops
+
+
+def test_dark_follows_the_system(browser, console_stack: ConsoleStack, shot) -> None:  # type: ignore[no-untyped-def]
+    context = browser.new_context(viewport={"width": 1280, "height": 800}, color_scheme="dark")
+    try:
+        tab = context.new_page()
+        tab.goto(console_stack.login_url)
+        tab.locator("[data-testid=gpu-card] >> nth=1").wait_for()
+        background = tab.evaluate("getComputedStyle(document.body).backgroundColor")
+        red, green, blue = (int(v) for v in background[background.index("(") + 1 : -1].split(",")[:3])
+        assert red + green + blue < 120, background  # a dark page, not the light one
+        shot(tab, "gpu-configuration-dark")
+    finally:
+        context.close()
