@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,8 @@ from shared.contracts import (
 )
 from shared.errors import ConfigError, GpuplaneError
 from shared.names import check_name
+
+log = logging.getLogger("gpuplane.cli")
 
 CONFIG_PATH = "/api/system/gpu-config"
 DRAFT_FILE = "cli-draft.json"
@@ -411,21 +414,37 @@ def format_saved(saved: GpuConfigSavedOut) -> str:
 # --------------------------------------------------------------------------- apply status
 
 
-def device_list(devices: Sequence[str]) -> str:
-    """CDI names (``nvidia.com/gpu=0``) as ``GPU 0``; "no GPU" when empty."""
+GpuNames = Mapping[str, str]
+"""A GPU's uuid → how a person names it (``0``, or ``box-a:0`` across hosts), from the inventory."""
+
+
+def gpu_names(gpus: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+    """``GpuNames`` from GET /api/system/gpus's ``gpus``."""
+    hosts = {g.get("host") for g in gpus}
+    return {
+        str(g["uuid"]): (f"{g['host']}:{g['index']}" if len(hosts) > 1 else str(g["index"]))
+        for g in gpus
+        if g.get("uuid")
+    }
+
+
+def device_list(devices: Sequence[str], names: GpuNames | None = None) -> str:
+    """Device ids (CDI names such as ``nvidia.com/gpu=0``, or uuids) as ``GPU 0``; "no GPU" when empty."""
     if not devices:
         return "no GPU"
-    return "GPU " + ",".join(d.rsplit("=", 1)[-1] for d in devices)
+    ids = (d.rsplit("=", 1)[-1] for d in devices)
+    return "GPU " + ",".join((names or {}).get(i, i) for i in ids)
 
 
-def transitions(before: ApplyRun | None, after: ApplyRun) -> list[str]:
+def transitions(before: ApplyRun | None, after: ApplyRun, names: GpuNames | None = None) -> list[str]:
     """One line per service whose state changed between two looks at a run (every service on the first look)."""
     seen = {s.service: s.state for s in before.services} if before is not None and before.id == after.id else {}
     out = []
     for s in after.services:
         if seen.get(s.service) == s.state:
             continue
-        line = f"{s.service:<16} {s.state.value:<11} {device_list(s.devices_before)} → {device_list(s.devices_after)}"
+        moves = f"{device_list(s.devices_before, names)} → {device_list(s.devices_after, names)}"
+        line = f"{s.service:<16} {s.state.value:<11} {moves}"
         out.append(line + (f"  ({s.error})" if s.error else ""))
     return out
 
@@ -447,14 +466,14 @@ def status_line(status: ApplyStatusOut) -> str:
     return f"last run {run.id} {run.state.value}" + (f": {run.error}" if run.error else "")
 
 
-def format_run(run: ApplyRun) -> list[str]:
+def format_run(run: ApplyRun, names: GpuNames | None = None) -> list[str]:
     rev = f", revision {run.revision}" if run.revision is not None else ""
     out = [f"run {run.id}: {run.kind.value}{rev}, {run.state.value}, started by {run.trigger}"]
     if run.finished_at:
         out[0] += f", finished {run.finished_at.isoformat(timespec='seconds')}"
     for s in run.services:
         err = f"  {s.error}" if s.error else ""
-        moves = f"{device_list(s.devices_before)} → {device_list(s.devices_after)}"
+        moves = f"{device_list(s.devices_before, names)} → {device_list(s.devices_after, names)}"
         out.append(f"  {s.service:<16} {s.state.value:<11} {s.change:<10} {moves}{err}")
     out += [f"  touched {t.service}: {t.why}" for t in run.touched]
     out += [f"  note: {n}" for n in run.notes]
@@ -463,10 +482,10 @@ def format_run(run: ApplyRun) -> list[str]:
     return out
 
 
-def format_status(status: ApplyStatusOut) -> str:
+def format_status(status: ApplyStatusOut, names: GpuNames | None = None) -> str:
     out = [status_line(status)]
     if status.run is not None:
-        out += ["", *format_run(status.run)]
+        out += ["", *format_run(status.run, names)]
     if status.drift:
         out += ["", "Drift:"]
         out += [f"  {d.service}: expected {d.expected}, runs {d.actual}  {'; '.join(d.differences)}".rstrip()
@@ -484,6 +503,7 @@ def wait_for_run(
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
     interval_s: float = POLL_INTERVAL_S,
+    names: GpuNames | None = None,
 ) -> int:
     """Poll the status until run ``run_id`` ends, emitting each service's transitions; 0 if it succeeded."""
     deadline = clock() + timeout_s
@@ -492,7 +512,7 @@ def wait_for_run(
         status = fetch()
         run = status.run
         if run is not None and run.id == run_id:
-            for line in transitions(last, run):
+            for line in transitions(last, run, names):
                 emit(line)
             last = run
             if not run.state.active:
@@ -717,6 +737,15 @@ def run_discard(args: argparse.Namespace) -> int:
     return 0
 
 
+def _gpu_names(args: argparse.Namespace) -> dict[str, str]:
+    """The GPUs' names by uuid; none (uuids are shown as they are) when the inventory is not there yet."""
+    try:
+        return gpu_names(api_call("GET", "/api/system/gpus", args)["gpus"])
+    except ApiError as exc:
+        log.debug("GPU names unavailable: %s", exc)
+        return {}
+
+
 def _status(args: argparse.Namespace, timeout_s: float | None = None) -> ApplyStatusOut:
     return ApplyStatusOut.model_validate(api_call("GET", f"{CONFIG_PATH}/status", args, timeout_s=timeout_s))
 
@@ -737,7 +766,11 @@ def _start_run(args: argparse.Namespace, what: str) -> int:
         print("follow it with `gpuplane config status` (or --wait)")
         return 0
     return wait_for_run(
-        accepted.run_id, lambda: _status(args, call_s), timeout_s=args.timeout_s, emit=lambda s: print(s, flush=True)
+        accepted.run_id,
+        lambda: _status(args, call_s),
+        timeout_s=args.timeout_s,
+        emit=lambda s: print(s, flush=True),
+        names=_gpu_names(args),
     )
 
 
@@ -754,7 +787,7 @@ def run_status(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(status.model_dump(mode="json"))
     else:
-        print(format_status(status))
+        print(format_status(status, _gpu_names(args)))
     return 0
 
 

@@ -39,6 +39,7 @@ from services.cli_config import (
     format_config,
     format_preview,
     gpu_cell,
+    gpu_names,
     load_draft,
     relative_time,
     request_for,
@@ -712,3 +713,22 @@ def test_watch_stops_with_130_on_ctrl_c_and_quietly_when_its_reader_leaves(stack
     head.stdout.close()
     assert head.wait(30) == 0
     assert b"Traceback" not in head.stderr.read()
+
+
+@pytest.mark.parametrize(
+    ("gpus", "devices", "expected"),
+    [
+        ([{"host": "vm", "index": 0, "uuid": "GPU-a"}], ("GPU-a",), "GPU 0"),
+        ([{"host": "vm", "index": 0, "uuid": "GPU-a"}], ("nvidia.com/gpu=GPU-a",), "GPU 0"),
+        (
+            [{"host": "a", "index": 0, "uuid": "GPU-a"}, {"host": "b", "index": 0, "uuid": "GPU-b"}],
+            ("GPU-b",),
+            "GPU b:0",
+        ),
+        ([], ("GPU-gone",), "GPU GPU-gone"),  # a GPU the inventory no longer has keeps its id
+    ],
+)
+def test_uuids_are_shown_as_the_gpus_people_know(
+    gpus: list[dict[str, object]], devices: tuple[str, ...], expected: str
+) -> None:
+    assert device_list(devices, gpu_names(gpus)) == expected

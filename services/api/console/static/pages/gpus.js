@@ -193,6 +193,22 @@ export async function mount(root, {api, events}) {
     refreshGpuOptions();
   }
 
+  // The orchestrator names GPUs as the override does (uuids by default): show the index people know.
+  function gpuNumber(id) {
+    const bare = String(id).replace(/^nvidia\.com\/gpu=/, "");
+    const gpu = (state.fleet?.gpus || []).find((g) => g.uuid === bare);
+    if (!gpu) return bare;
+    return multiHost() ? `${gpu.host}:${gpu.index}` : String(gpu.index);
+  }
+
+  function deviceNames(ids) {
+    return (ids || []).length ? `GPU ${ids.map(gpuNumber).join(", ")}` : "none";
+  }
+
+  function withGpuNames(text) {
+    return String(text).replace(/GPU-[0-9a-fA-F-]{8,}/g, (uuid) => gpuNumber(uuid));
+  }
+
   function multiHost() {
     return !!state.fleet && state.fleet.hosts.length > 1;
   }
@@ -934,9 +950,8 @@ export async function mount(root, {api, events}) {
           class: s.state === "failed" ? "failed" : s.state === "recreating" ? "changed" : null,
         },
         td("Service", {}, h("strong", {}, s.service)),
-        td("Change", {}, s.change || "—"),
-        td("GPUs", {}, `${(s.devices_before || []).join(", ") || "none"} → ${
-          (s.devices_after || []).join(", ") || "none"}`),
+        td("Change", {}, s.change ? withGpuNames(s.change) : "—"),
+        td("GPUs", {}, `${deviceNames(s.devices_before)} → ${deviceNames(s.devices_after)}`),
         td("State", {}, badge(s.state, SERVICE_TONE[s.state] || "info"),
           s.error ? h("div", {class: "error small service-error"}, s.error) : null)))))
       : h("p", {class: "muted small"}, ACTIVE_RUN.has(run.state) ? "Waiting for the orchestrator…"
@@ -946,7 +961,7 @@ export async function mount(root, {api, events}) {
         h("li", {}, h("strong", {}, t.service), " ",
           h("span", {class: "mono small"}, `${(t.container_before || "none").slice(0, 12)} → ${
             (t.container_after || "none").slice(0, 12)}`),
-          " — ", t.why, " ", t.at ? timeEl(t.at) : null)))]
+          " — ", withGpuNames(t.why), " ", t.at ? timeEl(t.at) : null)))]
       : null;
     return h("div", {class: "run", "data-run-id": run.id, "data-run-kind": run.kind},
       head,
