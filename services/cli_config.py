@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -436,6 +437,14 @@ def device_list(devices: Sequence[str], names: GpuNames | None = None) -> str:
     return "GPU " + ",".join((names or {}).get(i, i) for i in ids)
 
 
+UUID_IN_TEXT = re.compile(r"GPU-[0-9a-fA-F-]{8,}")
+
+
+def with_gpu_names(text: str, names: GpuNames | None) -> str:
+    """``text`` (a run's change or reason) with each GPU uuid it names replaced by the GPU's index."""
+    return UUID_IN_TEXT.sub(lambda m: (names or {}).get(m.group(0), m.group(0)), text)
+
+
 def transitions(before: ApplyRun | None, after: ApplyRun, names: GpuNames | None = None) -> list[str]:
     """One line per service whose state changed between two looks at a run (every service on the first look)."""
     seen = {s.service: s.state for s in before.services} if before is not None and before.id == after.id else {}
@@ -474,8 +483,8 @@ def format_run(run: ApplyRun, names: GpuNames | None = None) -> list[str]:
     for s in run.services:
         err = f"  {s.error}" if s.error else ""
         moves = f"{device_list(s.devices_before, names)} → {device_list(s.devices_after, names)}"
-        out.append(f"  {s.service:<16} {s.state.value:<11} {s.change:<10} {moves}{err}")
-    out += [f"  touched {t.service}: {t.why}" for t in run.touched]
+        out.append(f"  {s.service:<16} {s.state.value:<11} {with_gpu_names(s.change, names):<10} {moves}{err}")
+    out += [f"  touched {t.service}: {with_gpu_names(t.why, names)}" for t in run.touched]
     out += [f"  note: {n}" for n in run.notes]
     if run.error:
         out.append(f"  error: {run.error}")

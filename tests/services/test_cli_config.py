@@ -47,6 +47,7 @@ from services.cli_config import (
     status_line,
     transitions,
     wait_for_run,
+    with_gpu_names,
     write_draft,
 )
 from services.stack.embedded import free_port
@@ -732,3 +733,11 @@ def test_uuids_are_shown_as_the_gpus_people_know(
     gpus: list[dict[str, object]], devices: tuple[str, ...], expected: str
 ) -> None:
     assert device_list(devices, gpu_names(gpus)) == expected
+
+
+def test_uuids_in_a_runs_texts_are_named_too() -> None:
+    names = gpu_names([{"host": "vm", "index": 1, "uuid": "GPU-a4000b1c-3d5e"}])
+    assert with_gpu_names("GPU none -> GPU-a4000b1c-3d5e; VRAM_BUDGET_GB unset -> 3.5", names) == (
+        "GPU none -> 1; VRAM_BUDGET_GB unset -> 3.5"
+    )
+    assert with_gpu_names("GPU GPU-ffffffff-0000 gone", names) == "GPU GPU-ffffffff-0000 gone"
