@@ -371,7 +371,8 @@ def _banner(
         "",
         "gpuplane is up",
         f"  API        {api}   (OpenAPI docs: {api}/docs, health: {api}/healthz)",
-        f"  Login      {login}   (the admin token: {access.admin_token_file or 'GPUPLANE_API_TOKEN'})"
+        f"  Login      {login}   (the console: open it in a browser; the admin token: "
+        f"{access.admin_token_file or 'GPUPLANE_API_TOKEN'})"
         if login
         else "  Login      none needed: GPUPLANE_AUTH=off   <<< anyone on this machine can change everything >>>",
         f"  NATS       {redact_url(nats_url)}   ({nats_where})",
