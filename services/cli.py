@@ -215,7 +215,7 @@ def _run_gpus(args: argparse.Namespace) -> int:
     settings = CommonSettings(**({"nats_url": args.nats_url} if args.nats_url else {}))
     if args.rescan:
         # A rescan changes state: it goes through the gateway, which checks the admin token and audits it.
-        _api_call("POST", "/api/system/gpu-config/detect", args)
+        cli_config.api_call("POST", "/api/system/gpu-config/detect", args)
 
     async def fetch() -> list[Inventory]:
         bus = await _connect_as(Identity.OBSERVER, settings, args.timeout_s)
@@ -239,19 +239,6 @@ async def _connect_as(identity: Identity, settings: CommonSettings, timeout_s: f
     )
 
 
-def _api_call(
-    method: str,
-    path: str,
-    args: argparse.Namespace,
-    body: object | None = None,
-    *,
-    content: bytes | None = None,
-    content_type: str | None = None,
-) -> Any:
-    """Call the gateway with the admin token; see ``cli_config.api_call``."""
-    return cli_config.api_call(method, path, args, body, content=content, content_type=content_type)
-
-
 def _run_keys(args: argparse.Namespace) -> int:
     """Inference keys through the gateway's admin API."""
     from urllib.parse import quote
@@ -260,7 +247,7 @@ def _run_keys(args: argparse.Namespace) -> int:
         raise ConfigError(f"gpuplane keys {args.action} needs the key's NAME")
     if args.action == "create":
         body = {"name": args.name, "max_priority": args.max_priority, "rpm_limit": args.rpm}
-        made = _api_call("POST", "/api/system/keys", args, body)
+        made = cli_config.api_call("POST", "/api/system/keys", args, body)
         print(made["key"])
         print(
             f"key {made['name']!r} created ({made['prefix']}...); shown this once: store it now. "
@@ -269,10 +256,10 @@ def _run_keys(args: argparse.Namespace) -> int:
         )
         return 0
     if args.action == "revoke":
-        _api_call("DELETE", f"/api/system/keys/{quote(args.name, safe='')}", args)
+        cli_config.api_call("DELETE", f"/api/system/keys/{quote(args.name, safe='')}", args)
         print(f"key {args.name!r} revoked")
         return 0
-    listed = _api_call("GET", "/api/system/keys" + ("?include_revoked=true" if args.all else ""), args)
+    listed = cli_config.api_call("GET", "/api/system/keys" + ("?include_revoked=true" if args.all else ""), args)
     if not listed["keys"]:
         print("No inference keys. Create one: gpuplane keys create NAME")
         return 0

@@ -37,7 +37,8 @@ from pathlib import Path
 import httpx
 import yaml
 
-from bench.common import revision
+from bench import common
+from bench.common import publish, revision
 
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = Path(os.environ.get("GPUPLANE_TEST_CHROMIUM", "/usr/bin/chromium"))
@@ -253,11 +254,7 @@ def render(loads: dict[str, list[float]], live: tuple[list[float], list[float]],
 
 
 def splice(document: str, generated: str) -> str:
-    if BEGIN in document and END in document:
-        head, rest = document.split(BEGIN, 1)
-        _, tail = rest.split(END, 1)
-        return head + generated + tail
-    return document.rstrip() + "\n\n## Console\n\n" + generated + "\n"
+    return common.splice(document, generated, begin=BEGIN, end=END, section="## Console")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -286,12 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     env = (f"Run: {revision()}, Python {platform.python_version()}, {os.cpu_count()} CPUs ({platform.machine()}), "
            f"Chromium {version} (headless), the whole stack on the same machine; {took:.0f} s in all.")
     generated = render(loads, live, command, env)
-    if args.out is None:
-        print(generated)
-    else:
-        existing = args.out.read_text() if args.out.exists() else ""
-        args.out.write_text(splice(existing, generated))
-        print(f"wrote the Console section of {args.out} ({took:.0f} s)", file=sys.stderr)
+    publish(generated, args.out, splice, "Console", took)
     return 0
 
 

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.common import revision
+from bench.common import publish, revision
 from bench.planner.measure import FULL, QUICK, Config, run
 from bench.planner.report import render, splice
 
@@ -54,12 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         "per instance."
     )
     generated = render(cells, command, environment)
-    if args.out is None:
-        print(generated)
-    else:
-        existing = args.out.read_text() if args.out.exists() else ""
-        args.out.write_text(splice(existing, generated))
-        print(f"wrote the Planner section of {args.out} ({took:.0f} s)", file=sys.stderr)
+    publish(generated, args.out, splice, "Planner", took)
     return 0
 
 

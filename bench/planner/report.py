@@ -7,6 +7,7 @@ import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from bench import common
 from bench.planner.measure import BASELINE, STRATEGY_ORDER, CellResult, InstanceResult
 from services.planner.core.strategies.balanced import Balanced
 
@@ -238,10 +239,4 @@ def render(cells: Sequence[CellResult], command: str, environment: str) -> str:
 
 def splice(document: str, generated: str, title: str = "# Benchmarks", section: str = "## Planner") -> str:
     """``document`` with the generated block replaced, or a Planner section added holding it."""
-    if BEGIN in document and END in document:
-        head, rest = document.split(BEGIN, 1)
-        _, tail = rest.split(END, 1)
-        return head + generated + tail
-    if not document.strip():
-        document = f"{title}\n"
-    return document.rstrip("\n") + f"\n\n{section}\n\n{generated}\n"
+    return common.splice(document, generated, begin=BEGIN, end=END, section=section, title=title)

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.common import revision
+from bench.common import publish, revision
 from bench.router.fleet import FLEETS
 from bench.router.measure import FULL, QUICK, Config, run
 from bench.router.overhead import EndToEnd, decision_times, end_to_end
@@ -72,12 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         f"({', '.join(str(args.seed + s) for s in range(config.seeds))}) pooled per row."
     )
     generated = render(cells, core, e2e, command, environment)
-    if args.out is None:
-        print(generated)
-    else:
-        existing = args.out.read_text() if args.out.exists() else ""
-        args.out.write_text(splice(existing, generated))
-        print(f"wrote the Router section of {args.out} ({took:.0f} s)", file=sys.stderr)
+    publish(generated, args.out, splice, "Router", took)
     return 0
 
 

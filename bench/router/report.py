@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from bench import common
 from bench.router.fleet import FLEETS
 from bench.router.measure import BASELINE, ORACLE, OURS, SETUPS, Cell, Setup
 from bench.router.overhead import CoreTimes, EndToEnd
@@ -185,10 +186,4 @@ def render(cells: Sequence[Cell], core: CoreTimes, e2e: EndToEnd | str, command:
 
 def splice(document: str, generated: str, title: str = "# Benchmarks") -> str:
     """``document`` with the Router block replaced, or a Router section added at the end holding it."""
-    if BEGIN in document and END in document:
-        head, rest = document.split(BEGIN, 1)
-        _, tail = rest.split(END, 1)
-        return head + generated + tail
-    if not document.strip():
-        document = f"{title}\n"
-    return document.rstrip("\n") + f"\n\n{SECTION}\n\n{generated}\n"
+    return common.splice(document, generated, begin=BEGIN, end=END, section=SECTION, title=title)

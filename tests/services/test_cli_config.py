@@ -595,13 +595,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     try:
         yield s
     finally:
-        if s.process.poll() is None:
-            s.process.send_signal(signal.SIGINT)
-            try:
-                s.process.wait(30)
-            except subprocess.TimeoutExpired:
-                s.process.kill()
-                s.process.wait()
+        s.stop(30)
 
 
 def stack_env(stack: Any) -> dict[str, str]:

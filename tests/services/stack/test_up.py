@@ -79,6 +79,16 @@ class Stack:
     def output(self) -> str:
         return self.log.read_text(errors="replace")
 
+    def stop(self, timeout_s: float = 60) -> None:
+        """Ctrl-C, as a user stops it; killed if it is not gone within ``timeout_s``."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
 
 def wait_until(predicate, timeout_s: float, what: str, stack: Stack | None = None) -> None:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout_s

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -84,16 +83,6 @@ def chromium_missing() -> str | None:
     return None
 
 
-def _stop(stack: Stack) -> None:
-    if stack.process.poll() is None:
-        stack.process.send_signal(signal.SIGINT)
-        try:
-            stack.process.wait(60)
-        except subprocess.TimeoutExpired:
-            stack.process.kill()
-            stack.process.wait()
-
-
 def demo_project(sandbox: PodmanSandbox, directory: Path) -> tuple[Path, str]:
     """deploy/demo's compose project, on the sandbox's busybox image, under a name of its own."""
     document = yaml.safe_load((REPO / "deploy/demo/docker-compose.yml").read_text())
@@ -139,7 +128,7 @@ def console_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleS
         yield ConsoleStack(stack, fleet, project)
     finally:
         if stack is not None:
-            _stop(stack)
+            stack.stop()
         subprocess.run(
             [str(compose_executable()), "-f", str(compose_file), "down", "-t", "0"],
             env=sandbox.env, check=False, capture_output=True, timeout=180,
@@ -160,7 +149,7 @@ def empty_console_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Co
     try:
         yield ConsoleStack(stack, fleet, None)
     finally:
-        _stop(stack)
+        stack.stop()
 
 
 @pytest.fixture(scope="module")
