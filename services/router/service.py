@@ -11,6 +11,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from services.router.core.batcher import Batch, Batcher
 from services.router.core.model import Infeasible, Placement, PlacementRequest, Wait
@@ -171,7 +172,7 @@ class Router:
         self.out: dict[str, OutTask] = {}
         self.answers = AnswerWatch(settings.answer_check_after_s, settings.answer_grace_s)
         self.peaks: dict[tuple[str, str], float] = {}
-        self.decisions: deque[RoutingDecision] = deque(maxlen=DECISIONS_KEPT)
+        self.decisions: deque[tuple[datetime, str, InferenceResult]] = deque(maxlen=DECISIONS_KEPT)
         self.metrics = router_metrics()
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
@@ -659,16 +660,8 @@ class Router:
                 queued_s=max(0.0, now - pending.arrived_at - result.service_s - result.load_s),
             )
             future.set_result(answer)
-            self.decisions.appendleft(
-                RoutingDecision(
-                    at=utc_now(),
-                    model=request.model,
-                    **answer.model_dump(include={
-                        "request_id", "group", "worker_id", "host", "device", "route", "reason", "attempts",
-                        "batch_size", "queued_s",
-                    }),
-                )
-            )
+            # Kept as they are; made into RoutingDecisions only when the state is asked for (off the hot path).
+            self.decisions.appendleft((utc_now(), request.model, answer))
 
     def _worker_lost(self, worker_id: str, why: str) -> None:
         for out in self.out.values():
@@ -745,7 +738,23 @@ class Router:
             queued=self.queue.depths(),
             queue_limit=self.queue.limit,
             in_flight=len(self.out),
-            decisions=tuple(self.decisions),
+            decisions=tuple(
+                RoutingDecision(
+                    at=at,
+                    model=model,
+                    request_id=a.request_id,
+                    group=a.group,
+                    worker_id=a.worker_id,
+                    host=a.host,
+                    device=a.device,
+                    route=a.route,
+                    reason=a.reason,
+                    attempts=a.attempts,
+                    batch_size=a.batch_size,
+                    queued_s=a.queued_s,
+                )
+                for at, model, a in self.decisions
+            ),
         )
 
     def _groups(self) -> tuple[GroupInfo, ...]:
