@@ -358,8 +358,16 @@ def test_killing_the_router_under_200_chat_requests_leaves_none_waiting_past_the
         limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
         async with httpx.AsyncClient(base_url=stack.api, headers=stack.auth, timeout=120, limits=limits) as client:
             sending = asyncio.gather(*(one(client, i) for i in range(200)))
-            await asyncio.sleep(0.5)
+            # Killed once the router holds most of them (a fixed pause is too short on a busy machine:
+            # the requests would find no router rather than be lost in one).
+            held = 0
+            deadline = time.monotonic() + 30
+            while held < 50 and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+                queue = (await client.get("/api/queue")).json()["router"]
+                held = queue["in_flight"] + sum(queue["queued"].values())
             os.kill(victim, signal.SIGKILL)
+            assert held >= 50, f"the router never held 50 of the requests (at most {held})"
             return await sending
 
     results = asyncio.run(run())
