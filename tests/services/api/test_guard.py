@@ -127,6 +127,15 @@ async def test_a_key_may_call_v1_but_change_nothing(door: Door) -> None:
         r = await alice.put("/api/system/gpu-config", json=PUT)
         assert r.status_code == 403 and "admin token" in r.json()["detail"]
         assert (await alice.get("/api/system/keys")).status_code == 403
+        # The console's routes are the admin's too.
+        assert (await alice.get("/api/events")).status_code == 403
+        assert (await alice.get("/api/system/backup")).status_code == 403
+        assert (await alice.post("/api/system/gpu-config/preview", json=PUT)).status_code == 403
+        yaml_body = {"content": b"kind: gpuplane-backup\n", "headers": {"Content-Type": "application/yaml"}}
+        restore = await alice.post("/api/system/backup/restore", **yaml_body)  # type: ignore[arg-type]
+        assert restore.status_code == 403
+    async with door.anonymous() as anonymous:
+        assert (await anonymous.post("/api/system/gpu-config/preview", json=PUT)).status_code == 401
     assert door.saves == []
 
 
