@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -136,20 +137,29 @@ def console_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleS
         sandbox.close()
 
 
-@pytest.fixture(scope="module")
-def empty_console_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleStack]:
-    """`gpuplane up` on a fleet with no GPU at all (and no compose project)."""
+@contextmanager
+def plain_console_stack(
+    tmp_path_factory: pytest.TempPathFactory, name: str, fleet_text: str, extra_env: dict[str, str] | None = None
+) -> Iterator[ConsoleStack]:
+    """`gpuplane up` on the fleet ``fleet_text`` (no compose project), stopped afterwards."""
     reason = chromium_missing()
     if reason:
         pytest.skip(f"the console's browser tests need Chromium and Playwright: {reason}")
-    root = tmp_path_factory.mktemp("console-empty")
+    root = tmp_path_factory.mktemp(name)
     fleet = root / "fleet.yaml"
-    fleet.write_text("gpus: []\n")
-    stack = launch(root, free_port(), free_port(), {"GPUPLANE_FLEET": str(fleet)})
+    fleet.write_text(fleet_text)
+    stack = launch(root, free_port(), free_port(), {"GPUPLANE_FLEET": str(fleet), **(extra_env or {})})
     try:
         yield ConsoleStack(stack, fleet, None)
     finally:
         stack.stop()
+
+
+@pytest.fixture(scope="module")
+def empty_console_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleStack]:
+    """`gpuplane up` on a fleet with no GPU at all (and no compose project)."""
+    with plain_console_stack(tmp_path_factory, "console-empty", "gpus: []\n") as stack:
+        yield stack
 
 
 @pytest.fixture(scope="module")

@@ -4,38 +4,26 @@ simulated fleet, and the reference catalog plus a tensor-parallel LLM)."""
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 
 import pytest
 from playwright.sync_api import expect
 
-from services.stack.embedded import free_port
-from tests.services.api.console.conftest import REPO, ConsoleStack, chromium_missing, signed_in_page
-from tests.services.stack.test_up import launch
+from tests.services.api.console.conftest import REPO, ConsoleStack, plain_console_stack, signed_in_page
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 
 @pytest.fixture(scope="module")
 def two_hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleStack]:
-    reason = chromium_missing()
-    if reason:
-        pytest.skip(f"the console's browser tests need Chromium and Playwright: {reason}")
-    root = tmp_path_factory.mktemp("console-hosts")
-    fleet = root / "fleet.yaml"
-    shutil.copy(REPO / "deploy/fleets/two-hosts.yaml", fleet)
-    catalog = root / "services.yml"
+    catalog = tmp_path_factory.mktemp("catalog") / "services.yml"
     catalog.write_text(
         (REPO / "config/services.yml").read_text()
         + "  ai-vllm:\n    model: Llama-3-70B (tensor parallel 2)\n    vram_gb: 40\n    gpus: 2\n"
     )
-    env = {"GPUPLANE_FLEET": str(fleet), "GPUPLANE_CATALOG_FILE": str(catalog)}
-    stack = launch(root, free_port(), free_port(), env)
-    try:
-        yield ConsoleStack(stack, fleet, None)
-    finally:
-        stack.stop()
+    fleet = (REPO / "deploy/fleets/two-hosts.yaml").read_text()
+    with plain_console_stack(tmp_path_factory, "console-hosts", fleet, {"GPUPLANE_CATALOG_FILE": str(catalog)}) as s:
+        yield s
 
 
 def test_cards_are_grouped_by_host_and_a_choice_names_its_host(browser, two_hosts: ConsoleStack) -> None:  # type: ignore[no-untyped-def]
