@@ -1,13 +1,13 @@
 """GPU backends and how one is chosen.
 
-``BACKENDS`` is the one registry of backend name -> opener; ``open_backend`` resolves
-``auto`` (simulated with a fleet file; else NVML, then nvidia-smi, then none).
+``REGISTRY`` is the one registry of backend name -> opener; ``open_backend`` opens by name.
+``auto`` is an opener too: simulated with a fleet file; else NVML, then nvidia-smi, then none.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import ModuleType
@@ -18,6 +18,7 @@ from services.detector.backends.nvml import NvmlBackend
 from services.detector.backends.simulated import SimulatedBackend
 from services.detector.backends.smi import SmiBackend
 from shared.errors import ConfigError
+from shared.plugins import Registry
 
 __all__ = [
     "BACKENDS",
@@ -26,12 +27,11 @@ __all__ = [
     "BackendUnavailable",
     "HostScan",
     "OpenRequest",
+    "REGISTRY",
     "open_backend",
 ]
 
 log = logging.getLogger(__name__)
-
-BACKEND_NAMES = ("auto", "nvml", "nvidia-smi", "simulated", "none")
 
 _AUTO_ORDER = ("nvml", "nvidia-smi")
 
@@ -48,33 +48,54 @@ class OpenRequest:
     problems: tuple[str, ...] = ()
 
 
+REGISTRY: Registry[[OpenRequest], Backend] = Registry("GPU backend")
+"""Backend name -> opener, ``auto`` first: the order ``--backend``'s error and the docs list them."""
+
+
+@REGISTRY.registers("auto")
+def _open_auto(request: OpenRequest) -> Backend:
+    """``simulated`` with a fleet file; else the first of NVML and nvidia-smi that opens; else ``none``
+    carrying why each was unusable."""
+    if request.fleet is not None:
+        return REGISTRY.make("simulated", request)
+    problems: list[str] = []
+    for name in _AUTO_ORDER:
+        try:
+            return REGISTRY.make(name, request)
+        except BackendUnavailable as err:
+            log.info("GPU backend %s unavailable: %s", name, err)
+            problems.append(str(err))
+    return REGISTRY.make("none", replace(request, problems=tuple(problems)))
+
+
+@REGISTRY.registers("nvml")
 def _open_nvml(request: OpenRequest) -> Backend:
     return NvmlBackend.open(host=request.host, nvml_module=request.nvml_module)
 
 
+@REGISTRY.registers("nvidia-smi")
 def _open_smi(request: OpenRequest) -> Backend:
     return SmiBackend.open(host=request.host, binary=request.nvidia_smi, runner=request.runner)
 
 
+@REGISTRY.registers("simulated")
 def _open_simulated(request: OpenRequest) -> Backend:
     if request.fleet is None:
-        raise ConfigError(
-            "the simulated GPU backend needs a fleet file (--fleet deploy/fleets/reference.yaml)"
-        )
+        raise ConfigError("the simulated GPU backend needs a fleet file (--fleet deploy/fleets/reference.yaml)")
     return SimulatedBackend.open(host=request.host, fleet=request.fleet)
 
 
+@REGISTRY.registers("none")
 def _open_none(request: OpenRequest) -> Backend:
     problems = request.problems or ("GPU detection is turned off (backend 'none')",)
     return NoneBackend(host=request.host, problems=problems)
 
 
-BACKENDS: dict[str, Callable[[OpenRequest], Backend]] = {
-    "nvml": _open_nvml,
-    "nvidia-smi": _open_smi,
-    "simulated": _open_simulated,
-    "none": _open_none,
+BACKEND_NAMES: tuple[str, ...] = REGISTRY.names()
+BACKENDS: Mapping[str, Callable[[OpenRequest], Backend]] = {
+    name: REGISTRY.get(name) for name in BACKEND_NAMES if name != "auto"
 }
+"""The backends that open a device (``auto`` only chooses among them)."""
 
 
 def open_backend(
@@ -94,20 +115,5 @@ def open_backend(
     fleet file, raises ``ConfigError``. ``nvml_module`` and ``runner`` replace ``pynvml`` and
     the nvidia-smi subprocess (tests).
     """
-    if choice not in BACKEND_NAMES:
-        raise ConfigError(f"unknown GPU backend {choice!r}; valid names: {', '.join(BACKEND_NAMES)}")
-    request = OpenRequest(
-        host=host, fleet=fleet, nvidia_smi=nvidia_smi, nvml_module=nvml_module, runner=runner
-    )
-    if choice != "auto":
-        return BACKENDS[choice](request)
-    if fleet is not None:
-        return BACKENDS["simulated"](request)
-    problems: list[str] = []
-    for name in _AUTO_ORDER:
-        try:
-            return BACKENDS[name](request)
-        except BackendUnavailable as err:
-            log.info("GPU backend %s unavailable: %s", name, err)
-            problems.append(str(err))
-    return BACKENDS["none"](replace(request, problems=tuple(problems)))
+    request = OpenRequest(host=host, fleet=fleet, nvidia_smi=nvidia_smi, nvml_module=nvml_module, runner=runner)
+    return REGISTRY.make(choice, request)

@@ -10,7 +10,8 @@ import random
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from services.router.core.circuit import CircuitBreaker, CircuitState
+from services.router.core.circuit import CircuitBreaker
+from services.router.core.filters import DEFAULT_FILTERS, Exclusion, Filter, first_refusal
 from services.router.core.model import (
     CPU_DEVICE,
     Decision,
@@ -68,6 +69,8 @@ class Pools:
     """Devices an exclusive request runs on, and its id."""
     reserved: dict[DeviceKey, str] = field(default_factory=dict)
     """Devices an exclusive request waits for: nothing new starts there meanwhile."""
+    filters: tuple[Filter, ...] = DEFAULT_FILTERS
+    """Which workers a request may go to, in order (``services.router.core.filters``)."""
 
     # ------------------------------------------------------------------ inputs
 
@@ -134,26 +137,14 @@ class Pools:
 
     def why_broken(self, record: WorkerRecord, now: float) -> str | None:
         """Why this worker cannot take work at all now (gone, not ready, sick GPU, open circuit), else None."""
-        status = record.status
-        if not self.alive(record, now):
-            return "stopped" if status.state is WorkerState.STOPPED else f"silent for {now - record.seen_at:.1f} s"
-        if status.state is not WorkerState.READY:
-            return f"{status.state.value}"
-        healthy, reason = self.gpu_ok(record)
-        if not healthy:
-            return f"GPU unhealthy ({reason or 'reported by the detector'})"
-        if not record.circuit.allows(now):
-            state = record.circuit.state(now)
-            return "circuit open" if state is CircuitState.OPEN else "circuit half-open, probe out"
-        return None
+        down = tuple(f for f in self.filters if f.EXCLUDES is Exclusion.DOWN)
+        refusal = first_refusal(down, self, record, None, now)
+        return None if refusal is None else refusal[1]
 
     def why_not(self, record: WorkerRecord, now: float) -> str | None:
         """Why this worker takes no new work now (None: it may), ignoring the model asked for."""
-        broken = self.why_broken(record, now)
-        if broken is not None:
-            return broken
-        holder = self.held_by(record)
-        return None if holder is None else f"GPU held exclusively for request {holder}"
+        refusal = first_refusal(self.filters, self, record, None, now)
+        return None if refusal is None else refusal[1]
 
     def held_by(self, record: WorkerRecord) -> str | None:
         """The exclusive request that holds or waits for this worker's GPU, if any (busy, not broken)."""
@@ -215,27 +206,29 @@ class Pools:
             return self._place_exclusive(request, exclusive_gpu, now)
 
         reasons: list[str] = []
-        gpu_ok: list[WorkerRecord] = []
+        # GPU workers that serve the model and are not down (they may be held or have failed this
+        # request): while there is one, a wait has no deadline, unless every one failed it already.
+        up: list[WorkerRecord] = []
         candidates: list[WorkerSnapshot] = []
-        for record in serving:
+        for record in self.workers.values():
             if record.status.device == CPU_DEVICE:
-                continue
-            why = self.why_not(record, now)
-            if why is not None and self.why_broken(record, now) is None:
-                gpu_ok.append(record)  # held exclusively: busy, not broken, so it waits without a deadline
-            if why is None:
-                gpu_ok.append(record)
-                if record.status.worker_id in request.avoid:
-                    why = "failed this request already"
-            if why is None:
+                continue  # CPU workers are only a fallback, below
+            refusal = first_refusal(self.filters, self, record, request, now)
+            if refusal is None:
+                up.append(record)
                 # Full workers stay in view: a policy may rather wait for the one that holds the group.
                 candidates.append(self.snapshot(record))
                 if not self.room(record):
                     reasons.append(
                         f"{record.status.worker_id}: full ({record.load()} requests for {record.status.slots} slots)"
                     )
-            else:
-                reasons.append(f"{record.status.worker_id}: {why}")
+                continue
+            rule, why = refusal
+            if rule.EXCLUDES is Exclusion.UNRELATED:
+                continue
+            if rule.EXCLUDES is Exclusion.BUSY:
+                up.append(record)
+            reasons.append(f"{record.status.worker_id}: {why}")
         if not serving:
             reasons.append(f"no worker serves {request.model} yet")
 
@@ -249,14 +242,14 @@ class Pools:
             route = Route.RETRY if retry else choice.route
             reason = f"{choice.reason}; earlier attempt failed" if retry else choice.reason
             return Placement(choice.worker_id, route, reason)
-        retry_exhausted = bool(gpu_ok) and all(r.status.worker_id in request.avoid for r in gpu_ok)
-        if not gpu_ok or retry_exhausted:
+        retry_exhausted = bool(up) and all(r.status.worker_id in request.avoid for r in up)
+        if not up or retry_exhausted:
             fallback = self._cpu_fallback(request, serving, now)
             if fallback is not None:
                 return fallback
         if retry_exhausted:
             reasons.append(f"every worker up that serves {request.model} failed this request already")
-        return Wait(tuple(reasons), stuck=not gpu_ok or retry_exhausted)
+        return Wait(tuple(reasons), stuck=not up or retry_exhausted)
 
     def _cpu_fallback(self, request: PlacementRequest, serving: Iterable[WorkerRecord], now: float) -> Placement | None:
         if not request.small:
@@ -265,9 +258,8 @@ class Pools:
             r
             for r in serving
             if r.status.device == CPU_DEVICE
-            and self.why_not(r, now) is None
             and self.room(r)
-            and r.status.worker_id not in request.avoid
+            and first_refusal(self.filters, self, r, request, now) is None
         ]
         if not cpus:
             return None
@@ -282,8 +274,9 @@ class Pools:
         matches = [k for k in known if k[1] == device and (not host or k[0] == host)]
         listing = ", ".join(device_label(h, d, self.many_hosts()) for h, d in known) or "none"
         if not device.startswith("cuda:"):
-            return Infeasible(f"exclusive_gpu must look like cuda:N or host/cuda:N, not {label!r}", "exclusive_gpu",
-                              not_found=False)
+            return Infeasible(
+                f"exclusive_gpu must look like cuda:N or host/cuda:N, not {label!r}", "exclusive_gpu", not_found=False
+            )
         if not matches:
             return Infeasible(f"no worker runs on {label}; devices with workers: {listing}", "exclusive_gpu")
         if len(matches) > 1:
@@ -302,6 +295,22 @@ class Pools:
         if key in self.held:
             return Wait((f"{label} runs exclusive request {self.held[key]}",))
         on_device = [r for r in self.workers.values() if r.key == key and self.alive(r, now)]
+        if on_device and not any(self.serves(r, request) for r in on_device):
+            # Waiting cannot help: what runs there cannot load the model (too little memory, or not placed there).
+            others = sorted(
+                {
+                    device_label(r.status.host, r.status.device, self.many_hosts())
+                    for r in self.workers.values()
+                    if r.key != key and r.status.device != CPU_DEVICE and self.alive(r, now) and self.serves(r, request)
+                }
+            )
+            names = ", ".join(r.status.worker_id for r in on_device)
+            return Infeasible(
+                f"{label} cannot serve {request.model}: its worker ({names}) cannot load {request.group} there; "
+                f"GPUs that can: {', '.join(others) or 'none up now'}",
+                "exclusive_gpu",
+                not_found=False,
+            )
         usable = []
         reasons = []
         for record in on_device:
@@ -320,8 +329,9 @@ class Pools:
         if not usable:
             return Wait(tuple(reasons) or (f"no live worker on {label}",), stuck=True)
         record = min(usable, key=lambda r: r.status.worker_id)
-        return Placement(record.status.worker_id, Route.EXCLUSIVE, f"exclusive use of {label} requested",
-                         exclusive_device=label)
+        return Placement(
+            record.status.worker_id, Route.EXCLUSIVE, f"exclusive use of {label} requested", exclusive_device=label
+        )
 
     def release(self, request_id: str) -> None:
         """Forget a reservation or hold of ``request_id`` (it finished, failed or gave up)."""

@@ -1,21 +1,22 @@
 """Inference backends and the one registry of them.
 
-``BACKENDS`` maps a name (``GPUPLANE_BACKEND``) to the class that serves it; ``open_backend``
+``REGISTRY`` maps a name (``GPUPLANE_BACKEND``) to the class that serves it; ``open_backend``
 fails on an unknown name listing the valid ones.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from services.worker.backends.base import BackendConfig, ChunkSink, Execution, InferenceBackend, LoadResult
 from services.worker.backends.openai import OpenAIBackend
 from services.worker.backends.simulated import SimulatedBackend
-from shared.errors import ConfigError
+from shared.plugins import Registry
 
 __all__ = [
     "BACKENDS",
     "BACKEND_NAMES",
+    "REGISTRY",
     "BackendConfig",
     "ChunkSink",
     "Execution",
@@ -24,20 +25,19 @@ __all__ = [
     "open_backend",
 ]
 
-BACKENDS: dict[str, Callable[[BackendConfig], InferenceBackend]] = {
-    SimulatedBackend.NAME: SimulatedBackend,
-    OpenAIBackend.NAME: OpenAIBackend,
-}
-BACKEND_NAMES: tuple[str, ...] = tuple(BACKENDS)
+REGISTRY: Registry[[BackendConfig], InferenceBackend] = Registry("worker backend")
+REGISTRY.register(SimulatedBackend.NAME, SimulatedBackend)
+REGISTRY.register(OpenAIBackend.NAME, OpenAIBackend)
+
+BACKENDS: Mapping[str, Callable[[BackendConfig], InferenceBackend]] = REGISTRY.view()
+"""The registry as a read-only mapping: name -> the class that serves it."""
+BACKEND_NAMES: tuple[str, ...] = REGISTRY.names()
 
 
 def unknown_backend_message(name: str) -> str:
-    return f"unknown worker backend {name!r}; valid: {', '.join(BACKEND_NAMES)}"
+    return REGISTRY.unknown(name)
 
 
 def open_backend(name: str, config: BackendConfig) -> InferenceBackend:
     """The backend called ``name``; ``ConfigError`` for an unknown name or a missing setting."""
-    factory = BACKENDS.get(name)
-    if factory is None:
-        raise ConfigError(unknown_backend_message(name))
-    return factory(config)
+    return REGISTRY.make(name, config)

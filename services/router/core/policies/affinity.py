@@ -9,15 +9,17 @@ from typing import ClassVar
 
 from services.router.core.model import Choice, PlacementRequest, WorkerSnapshot
 from services.router.core.policies.estimate import expected_s
+from services.router.core.policies.ties import least
 from shared.contracts import Route
 
 
-def _best(request: PlacementRequest, workers: Sequence[WorkerSnapshot]) -> tuple[WorkerSnapshot, float] | None:
-    scored = [(expected_s(w, request), w.worker_id, w) for w in workers]
-    if not scored:
-        return None
-    est, _, worker = min(scored, key=lambda t: (t[0], t[1]))
-    return worker, est
+def _best(
+    request: PlacementRequest, workers: Sequence[WorkerSnapshot], rng: random.Random
+) -> tuple[WorkerSnapshot, float] | None:
+    """The soonest to finish. With a free slot the expected time ignores load, so among equals the one
+    with fewer requests goes first, then ``rng``: equal idle workers share the work."""
+    best = least(workers, lambda w: (expected_s(w, request), w.load), rng)
+    return None if best is None else (best[0], best[1][0])
 
 
 def pick_with_affinity(
@@ -25,11 +27,12 @@ def pick_with_affinity(
     holders: Sequence[WorkerSnapshot],
     others: Sequence[WorkerSnapshot],
     give_way_factor: float,
+    rng: random.Random,
 ) -> Choice | None:
     """Affinity unless the best holder would take ``give_way_factor`` times longer than the best
     other worker, switch cost included (so a switch must pay for itself several times over)."""
-    best_holder = _best(request, holders)
-    best_other = _best(request, others)
+    best_holder = _best(request, holders, rng)
+    best_other = _best(request, others, rng)
     if best_holder is not None:
         holder, holder_s = best_holder
         if best_other is None or holder_s <= give_way_factor * best_other[1]:
@@ -61,7 +64,7 @@ class AffinityLeastLoaded:
         holders = [w for w in candidates if request.group in w.groups_loaded]
         others = [w for w in candidates if request.group not in w.groups_loaded]
         return pick_with_affinity(
-            request, self.narrow(holders, rng), self.narrow(others, rng), self.give_way_factor
+            request, self.narrow(holders, rng), self.narrow(others, rng), self.give_way_factor, rng
         )
 
     def narrow(self, workers: Sequence[WorkerSnapshot], rng: random.Random) -> Sequence[WorkerSnapshot]:

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import ClassVar
 
 from services.router.core.model import Choice, PlacementRequest, WorkerSnapshot
+from services.router.core.policies.ties import least
 from shared.contracts import Route
 
 
@@ -48,8 +49,9 @@ class LeastConnections:
     def choose(
         self, request: PlacementRequest, candidates: Sequence[WorkerSnapshot], rng: random.Random
     ) -> Choice | None:
-        candidates = [w for w in candidates if w.has_room]
-        if not candidates:
+        # Equal loads are a tie for ``rng`` to break: by id, equal workers would not share the work.
+        best = least([w for w in candidates if w.has_room], lambda w: (w.load,), rng)
+        if best is None:
             return None
-        worker = min(candidates, key=lambda w: (w.load, w.worker_id))
+        worker = best[0]
         return Choice(worker.worker_id, Route.LEAST_LOADED, f"fewest requests ({worker.load})")

@@ -456,7 +456,6 @@ def test_exclusive_on_another_host() -> None:
 @pytest.mark.parametrize(
     ("statuses", "sick_gpus", "now", "reasons"),
     [
-        pytest.param((gpu("w0", models=("other",)),), (), 1.0, ("w0: cannot load group-a",), id="cannot-load"),
         pytest.param((gpu("w0", state=WorkerState.DRAINING),), (), 1.0, ("w0: draining",), id="draining"),
         pytest.param((gpu("w0"),), (0,), 1.0, ("w0: GPU unhealthy (Xid 79)",), id="gpu-unhealthy"),
         pytest.param((gpu("w0"),), (), 10.0, ("no live worker on cuda:0",), id="silent"),
@@ -471,6 +470,23 @@ def test_exclusive_without_a_usable_worker_waits_stuck(
         sick(pools, *sick_gpus)
     assert place(pools, exclusive(), exclusive_gpu="cuda:0", now=now) == Wait(reasons, stuck=True)
     assert pools.reserved == {DEV: "rx"}
+
+
+@pytest.mark.parametrize(
+    ("statuses", "can"),
+    [
+        pytest.param((gpu("w0", models=("other",)),), "none up now", id="nowhere"),
+        pytest.param((gpu("w0", models=("other",)), gpu("w1", 1)), "cuda:1", id="elsewhere"),
+    ],
+)
+def test_exclusive_on_a_gpu_that_cannot_load_the_model_is_refused_at_once(
+    statuses: tuple[WorkerStatus, ...], can: str
+) -> None:
+    pools = pools_of(*statuses)
+    decision = place(pools, exclusive(), exclusive_gpu="cuda:0")
+    assert isinstance(decision, Infeasible) and not decision.not_found and decision.field == "exclusive_gpu"
+    assert "cuda:0 cannot serve" in decision.reason and f"GPUs that can: {can}" in decision.reason
+    assert pools.reserved == {}, "nothing is held for a request that is refused"
 
 
 def test_exclusive_ignores_avoid_for_the_named_device() -> None:

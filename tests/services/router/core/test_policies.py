@@ -144,7 +144,7 @@ def test_among_non_holders_the_cpu_cached_one_wins() -> None:
 @pytest.mark.parametrize(
     ("workers", "winner"),
     [
-        pytest.param([holder(0, "a"), holder(0, "b")], "a", id="tie-broken-by-worker-id"),
+        pytest.param([holder(0, "a", slots=2), holder(1, "b", slots=2)], "a", id="same-time-fewer-requests"),
         pytest.param([holder(1, "a"), holder(0, "b")], "b", id="less-loaded"),
         pytest.param([holder(3, "a", slots=4), holder(1, "b")], "a", id="slots-free-beat-fewer-requests"),
         pytest.param([holder(4, "a", slots=2), holder(1, "b")], "b", id="slots-full-queue-spread"),
@@ -224,6 +224,53 @@ def test_every_policy_is_deterministic_given_the_rng(name: str) -> None:
         return [c.worker_id for c in (policy.choose(REQ, workers, r) for _ in range(30)) if c is not None]
 
     assert run() == run()
+
+
+# --------------------------------------------------------------------------- ties
+
+
+TIE_POLICIES = ("affinity", "p2c", "least_connections")
+"""The policies that rank workers (round_robin and random never compare them)."""
+
+
+@pytest.mark.parametrize("name", TIE_POLICIES)
+@pytest.mark.parametrize(
+    "workers",
+    [
+        pytest.param([holder(0, "a"), holder(0, "b")], id="idle-holders"),
+        pytest.param([other(0, "a"), other(0, "b")], id="idle-others"),
+        pytest.param([holder(2, "a", slots=4), holder(2, "b", slots=4)], id="equal-load-free-slots"),
+        pytest.param([holder(3, "a"), holder(3, "b")], id="equal-queues"),
+    ],
+)
+def test_a_tie_is_broken_by_the_rng_not_the_worker_id(name: str, workers: list[WorkerSnapshot]) -> None:
+    policy = make_policy(name)
+    picks = [policy.choose(REQ, workers, random.Random(seed)) for seed in range(40)]
+    assert {c.worker_id for c in picks if c is not None} == {"a", "b"}
+
+
+@pytest.mark.parametrize("name", ["affinity", "least_connections"])  # p2c's draw of two depends on the order
+def test_a_tie_does_not_depend_on_the_candidates_order(name: str) -> None:
+    workers = [holder(1, f"w{i}", slots=2) for i in range(4)]
+    forward = [make_policy(name).choose(REQ, workers, random.Random(seed)) for seed in range(20)]
+    backward = [make_policy(name).choose(REQ, workers[::-1], random.Random(seed)) for seed in range(20)]
+    assert forward == backward
+
+
+@pytest.mark.parametrize(
+    ("name", "workers"),
+    [
+        pytest.param("affinity", [holder(0, "a"), holder(1, "b")], id="affinity"),
+        pytest.param("affinity", [holder(0, "a", slots=2), holder(1, "b", slots=2)], id="affinity-same-time"),
+        pytest.param("least_connections", [other(0, "a"), other(1, "b")], id="least_connections"),
+    ],
+)
+def test_a_clear_winner_draws_nothing(name: str, workers: list[WorkerSnapshot]) -> None:
+    r = rng()
+    before = r.getstate()
+    choice = make_policy(name).choose(REQ, workers, r)
+    assert choice is not None and choice.worker_id == "a"
+    assert r.getstate() == before
 
 
 # --------------------------------------------------------------------------- p2c
@@ -307,7 +354,6 @@ def test_random_is_seeded_and_independent_of_candidate_order() -> None:
     ("workers", "winner"),
     [
         pytest.param([other(3, "a"), other(1, "b"), other(2, "c")], "b", id="min-load"),
-        pytest.param([other(1, "b"), other(1, "a")], "a", id="tie-by-worker-id"),
         pytest.param([holder(2, "h"), other(1, "o")], "o", id="ignores-affinity"),
         pytest.param([other(0, "slow", latency_avg_s=9.0), other(1, "fast")], "slow", id="ignores-speed"),
     ],
