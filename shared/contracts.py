@@ -558,6 +558,9 @@ class WorkerStatus(Message):
     vram_used_mb: int | None = Field(default=None, ge=0)
     utilization_percent: float | None = Field(default=None, ge=0, le=100)
     """Busy fraction since the last status (the simulated backend's stand-in for NVML's)."""
+    engine_url: str | None = None
+    """The engine's OpenAI-compatible base URL (as an OpenAI client's ``base_url``: ``http://host:port/v1``) a
+    data plane sends this worker's requests to directly; None: only through the worker (``WorkerTask`` over NATS)."""
     sequence: int = Field(default=0, ge=0)
     at: datetime = Field(default_factory=utc_now)
 

@@ -40,6 +40,11 @@ def admin_token_file(data_dir: Path) -> Path:
     return secrets_dir(data_dir) / "admin-token"
 
 
+def engine_token_file(data_dir: Path) -> Path:
+    """Where ``gpuplane up`` keeps the token data planes show the engines that workers serve."""
+    return secrets_dir(data_dir) / "engine-token"
+
+
 def write_secret(path: Path, value: str) -> None:
     """Write ``value`` to ``path`` with mode 0600 from the first byte (never readable by others)."""
     path.parent.mkdir(parents=True, exist_ok=True)

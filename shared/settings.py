@@ -10,12 +10,13 @@ import ipaddress
 import socket
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.identities import Identity
 from shared.names import Name
 from shared.natsauth import NatsCredentials, find_credentials
+from shared.secrets import engine_token_file, read_secret
 
 DEFAULT_NATS_PORT = 4222
 DEFAULT_HTTP_PORT = 8080
@@ -78,6 +79,21 @@ class CommonSettings(BaseSettings):
     heartbeat_interval_s: float = Field(default=2.0, gt=0, description="How often a service says it is alive.")
     request_timeout_s: float = Field(default=5.0, gt=0, description="Default timeout of a bus request.")
     drain_timeout_s: float = Field(default=5.0, gt=0, description="How long a stopping service may drain.")
+    engine_token: SecretStr | None = Field(
+        default=None,
+        description="The bearer token between data planes and the engines workers serve (else "
+        "GPUPLANE_ENGINE_TOKEN_FILE, else <data dir>/secrets/engine-token if it exists; none: engines open).",
+    )
+    engine_token_file: Path | None = Field(default=None, description="File holding GPUPLANE_ENGINE_TOKEN.")
+
+    def engine_token_value(self) -> str | None:
+        """The engine token, from the setting, its file, or ``<data dir>/secrets/engine-token``."""
+        if self.engine_token is not None:
+            return self.engine_token.get_secret_value().strip() or None
+        path = self.engine_token_file or engine_token_file(self.data_dir)
+        if self.engine_token_file is None and not path.exists():
+            return None
+        return read_secret(path, "engine token")
 
     def nats_credentials(self, identity: Identity) -> NatsCredentials | None:
         """This process's NATS credentials: the file given, else ``identity``'s under the data dir, if any."""

@@ -19,6 +19,8 @@ from shared.contracts import (
 from shared.errors import NotFound, OperationFailed
 from shared.subjects import worker_held, worker_status, worker_task
 
+USAGE = {"prompt_tokens": 3, "completion_tokens": 5}
+
 
 @dataclass
 class FakeWorker:
@@ -128,7 +130,9 @@ class FakeWorker:
                 device=self.device,
                 host=self.host,
                 group=task.group,
-                bodies=tuple({"served_by": self.worker_id, "n": i, "echo": b} for i, b in enumerate(task.bodies)),
+                bodies=tuple(
+                    {"served_by": self.worker_id, "n": i, "echo": b, "usage": USAGE} for i, b in enumerate(task.bodies)
+                ),
                 service_s=self.latency_s,
             )
         finally:

@@ -382,7 +382,7 @@ async def test_an_answer_lost_on_the_way_back_is_noticed_and_the_request_served_
     result = await asyncio.wait_for(ask(memory_bus, "chat-a"), 5)
     assert len(lossy.tasks) == 2
     assert (result.worker_id, result.attempts) == ("w0", 2)
-    assert router.out == {}  # its slot is free again
+    assert router.dispatcher.out == {}  # its slot is free again
     assert router.pools.workers["w0"].circuit.state(router.clock()).value == "closed"
 
 
