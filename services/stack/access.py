@@ -17,7 +17,7 @@ import bcrypt
 
 from shared.identities import Identity, render_users
 from shared.natsauth import NatsCredentials, find_credentials, identity_file, load_credentials, write_identity
-from shared.secrets import admin_token_file, ensure_secret, random_token, secrets_dir
+from shared.secrets import admin_token_file, engine_token_file, ensure_secret, random_token, secrets_dir
 
 # The passwords are 256 random bits, so bcrypt's cost buys nothing; a low one keeps connects cheap.
 BCRYPT_ROUNDS = 8
@@ -100,6 +100,8 @@ def prepare_access(
 ) -> StackAccess:
     """Make (on first start) and gather the stack's secrets."""
     secrets_dir(data_dir, create=True)
+    # Gateways and routers show it to the engines workers serve; every child finds it under the data dir.
+    ensure_secret(engine_token_file(data_dir), "engine token")
     identities = nats_identities(data_dir) if embedded_nats else {}
     token, token_file = (None, None) if auth_off else admin_token(data_dir, api_token)
     return StackAccess(data_dir, identities, token, token_file)

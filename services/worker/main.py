@@ -8,6 +8,8 @@ import signal
 import sys
 from pathlib import Path
 
+from pydantic import SecretStr
+
 from services.stack.supervisor import Backoff, ProcessSpec, Supervisor
 from services.worker.service import start_for
 from services.worker.settings import WorkerSettings
@@ -18,13 +20,15 @@ from shared.telemetry import setup_logging
 
 log = logging.getLogger("gpuplane.worker")
 
-PER_DEVICE = frozenset({"device", "devices", "gpu", "worker_id", "metrics_port"})
+PER_DEVICE = frozenset({"device", "devices", "gpu", "worker_id", "metrics_port", "engine_port"})
 """Settings each child gets its own value of, instead of the parent's."""
 
 
 def _env_value(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
     if isinstance(value, Path):
         return str(value)
     return str(value)
@@ -34,7 +38,7 @@ def child_specs(settings: WorkerSettings, devices: tuple[str, ...], python: str 
     """One ``gpuplane worker --device D`` per device, with every setting the parent was given.
 
     Settings travel as ``GPUPLANE_*`` variables (flags given to the parent included); a metrics
-    port becomes one port per child (port, port + 1, ...).
+    port and an engine port become one port per child (port, port + 1, ...).
     """
     if settings.worker_id is not None:
         raise ConfigError(
@@ -51,6 +55,8 @@ def child_specs(settings: WorkerSettings, devices: tuple[str, ...], python: str 
         env = dict(shared_env)
         if settings.metrics_port:
             env["GPUPLANE_METRICS_PORT"] = str(settings.metrics_port + i)
+        if settings.engine_port:
+            env["GPUPLANE_ENGINE_PORT"] = str(settings.engine_port + i)
         specs.append(
             ProcessSpec(
                 name=f"worker-{device.replace(':', '')}",

@@ -1,7 +1,9 @@
 """The worker's async shell: learn the device, register, take tasks, report status, drain.
 
 Scheduling lives in ``core.pool`` and execution in a backend; this module moves tasks between
-the bus, the pool and the backend, and says what the worker is doing.
+the bus (or the engine's HTTP server, ``engine``), the pool and the backend, and says what the
+worker is doing. A task runs the same way whichever way it came; only where a streamed answer's
+chunks go differs (an ``AnswerStream``: StreamChunks on NATS, or server-sent events over HTTP).
 """
 
 from __future__ import annotations
@@ -13,11 +15,14 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
+from typing import Any, Protocol
 
 from services.worker.backends import BackendConfig, ChunkSink, Execution, InferenceBackend, LoadResult, open_backend
+from services.worker.backends.base import AnswerAbandoned, UpstreamEngine
 from services.worker.core.device import CPU, DeviceProfile, find_gpu, make_profile
 from services.worker.core.pool import Pool
 from services.worker.core.status import WorkerIdentity, build_status
+from services.worker.engine import Engine
 from services.worker.metrics import WorkerMetrics, worker_metrics
 from services.worker.settings import WorkerSettings
 from shared.bus.base import Bus, Delivery, Subscription
@@ -46,6 +51,19 @@ CLIENT_FAULTS = ("bad_request", "not_found")
 
 class WorkerUnavailable(GpuplaneError):
     """The worker is stopping and takes no new tasks (a router sends the task elsewhere)."""
+
+
+class AnswerStream(Protocol):
+    """Where the chunks of one streamed answer go, in order, then its end."""
+
+    sent: int
+    """Chunks sent so far."""
+
+    async def emit(self, data: dict[str, Any]) -> None: ...
+
+    async def finish(self, error: GpuplaneError | None = None) -> None:
+        """The end: done, or ``error`` when the answer broke off after ``sent`` chunks."""
+        ...
 
 
 class _Stream:
@@ -78,9 +96,9 @@ class _Stream:
     async def emit(self, data: dict[str, object]) -> None:
         await self._publish(data=data)
 
-    async def finish(self, error: str | None = None) -> None:
+    async def finish(self, error: GpuplaneError | None = None) -> None:
         """The last chunk: ``done``, or ``error`` when the answer broke off."""
-        await self._publish(done=error is None, error=error)
+        await self._publish(done=error is None, error=None if error is None else str(error))
 
 
 class Worker:
@@ -116,7 +134,8 @@ class Worker:
         self._subscription: Subscription | None = None
         self._final_sent = False
         self._held: set[str] = set()
-        """Tasks accepted and not answered yet (queued or running)."""
+        """Tasks accepted over NATS and not answered yet (queued or running)."""
+        self._engine: Engine | None = None
 
     # --------------------------------------------------------------- lifecycle
 
@@ -126,6 +145,7 @@ class Worker:
         if settings.default_group is not None:
             self.backend.check_group(settings.default_group)
         await self.backend.start()
+        await self._open_engine()
         ctx.spawn(self.backend.maintain(), name="backend")
         ctx.spawn(self.run_status(), name="status")
         self._subscription = await self._bus.subscribe(
@@ -140,6 +160,23 @@ class Worker:
             ctx.spawn(self._preload(settings.default_group), name="preload")
         else:
             self._set_state(WorkerState.READY)
+
+    async def _open_engine(self) -> None:
+        """Serve the engine (or name the upstream's) so that every status carries its ``engine_url``."""
+        if not self._settings.engine_enabled:
+            return
+        if isinstance(self.backend, UpstreamEngine):
+            url = self.backend.engine_url
+            where = (
+                f"the upstream, {url}"
+                if url
+                else "none advertised (the upstream's key stays here: requests come over NATS)"
+            )
+        else:
+            self._engine = Engine(self, self._settings)
+            url = where = await self._engine.start()
+        self.identity = replace(self.identity, engine_url=url)
+        log.info("worker %s: engine %s", self.identity.worker_id, where)
 
     async def _preload(self, group: str) -> None:
         log.info("preloading group %s on %s", group, self.identity.device)
@@ -163,6 +200,8 @@ class Worker:
                 self.pool.queue_depth,
                 self._settings.drain_timeout_s,
             )
+        if self._engine is not None:
+            await self._engine.stop()
         self._set_state(WorkerState.STOPPED)
         await self.publish_status()
         self._final_sent = True
@@ -181,18 +220,42 @@ class Worker:
         held = tuple(t for t in query.task_ids if t in self._held)
         return WorkerHeld(worker_id=self.identity.worker_id, task_ids=held)
 
+    @property
+    def accepting(self) -> bool:
+        """Whether new tasks are taken (not while draining or stopped)."""
+        return self.state not in (WorkerState.DRAINING, WorkerState.STOPPED)
+
+    def check_accepting(self) -> None:
+        """``WorkerUnavailable`` while draining or stopped."""
+        if not self.accepting:
+            raise WorkerUnavailable(f"worker {self.identity.worker_id} is {self.state.value}; send the task elsewhere")
+
+    def _admit(self, task: WorkerTask) -> None:
+        self.check_accepting()
+        self._check(task)
+
     async def on_task(self, task: WorkerTask, _: Delivery) -> WorkerResult:
         """Queue, run and answer one task. Errors are typed; the bus turns them into error replies."""
-        if self.state in (WorkerState.DRAINING, WorkerState.STOPPED):
-            raise WorkerUnavailable(f"worker {self.identity.worker_id} is {self.state.value}; send the task elsewhere")
-        self._check(task)
+        self._admit(task)
+        stream = _Stream(self._bus, task.stream_subject, task, self.identity) if task.stream_subject else None
         self._held.add(task.task_id)
         try:
-            return await self._queue_and_run(task)
+            return await self._queue_and_run(task, stream)
         finally:
             self._held.discard(task.task_id)
 
-    async def _queue_and_run(self, task: WorkerTask) -> WorkerResult:
+    async def serve(self, task: WorkerTask, stream: AnswerStream | None = None) -> WorkerResult:
+        """Queue, run and answer one task that came another way than NATS (the engine's HTTP server).
+
+        With ``stream`` the answer goes there as chunks. Errors are typed (``WorkerUnavailable`` while
+        draining); cancelling the caller withdraws the task, or stops it and frees its slot.
+        """
+        self._admit(task)
+        if stream is not None and len(task.bodies) != 1:
+            raise InvalidRequest("a streamed task carries exactly one request", field="stream")
+        return await self._queue_and_run(task, stream)
+
+    async def _queue_and_run(self, task: WorkerTask, stream: AnswerStream | None) -> WorkerResult:
         ticket = self.pool.submit(
             task.priority,
             now=self._clock(),
@@ -210,7 +273,7 @@ class Worker:
             self.pool.cancel(ticket, self._clock())
             self._dispatch()
             raise
-        return await self._run(task, ticket)
+        return await self._run(task, ticket, stream)
 
     def _check(self, task: WorkerTask) -> None:
         if not task.bodies:
@@ -226,8 +289,7 @@ class Worker:
             raise InvalidRequest("only embedding requests are batched", field="bodies")
         self.backend.group_for(task.model)
 
-    async def _run(self, task: WorkerTask, ticket: int) -> WorkerResult:
-        stream = _Stream(self._bus, task.stream_subject, task, self.identity) if task.stream_subject else None
+    async def _run(self, task: WorkerTask, ticket: int, stream: AnswerStream | None) -> WorkerResult:
         emit: ChunkSink | None = stream.emit if stream else None
         started = self._clock()
         outcome = "error"
@@ -253,18 +315,25 @@ class Worker:
                 outcome = "rejected"
             if stream is not None and stream.sent:
                 # The client already has part of the answer: end it visibly, the error reply follows.
-                with contextlib.suppress(BusError):
-                    await stream.finish(error=str(exc))
+                with contextlib.suppress(BusError, AnswerAbandoned):
+                    await stream.finish(error=exc)
+            raise
+        except (asyncio.CancelledError, AnswerAbandoned):
+            # Whoever asked went away: the slot is free again, and the task counts as neither done nor failed.
+            outcome = "cancelled"
             raise
         finally:
             now = self._clock()
-            self.pool.finish(
-                ticket,
-                now,
-                ok=outcome != "error",
-                service_s=execution.service_s if execution is not None else None,
-                loaded_group=execution.load.loaded if execution is not None else False,
-            )
+            if outcome == "cancelled":
+                self.pool.cancel(ticket, now)
+            else:
+                self.pool.finish(
+                    ticket,
+                    now,
+                    ok=outcome != "error",
+                    service_s=execution.service_s if execution is not None else None,
+                    loaded_group=execution.load.loaded if execution is not None else False,
+                )
             labels = (self.identity.worker_id, self.identity.device, task.kind.value)
             self._metrics.tasks.labels(*labels, outcome).inc()
             self._metrics.task_seconds.labels(*labels).observe(now - started)
@@ -341,6 +410,7 @@ class Worker:
             "in_flight": str(self.pool.in_flight),
             "queued": str(self.pool.queue_depth),
             "groups": ",".join(backend.groups_loaded) or "-",
+            "engine_url": self.identity.engine_url or "-",
         }
 
 

@@ -17,7 +17,10 @@ from shared.errors import ConfigError
 from shared.names import Name
 from shared.settings import CommonSettings
 
-__all__ = ["WorkerSettings", "default_slots", "parse_devices"]
+__all__ = ["ENGINE_TOKEN_MIN_CHARS", "WorkerSettings", "default_slots", "parse_devices"]
+
+ENGINE_TOKEN_MIN_CHARS = 16
+MIB = 1024 * 1024
 
 
 def _names(field: str, *bare: str) -> AliasChoices:
@@ -93,6 +96,30 @@ class WorkerSettings(CommonSettings):
         default=256, ge=1, description="Tasks accepted at once (running and queued); more wait in NATS."
     )
 
+    # The engine: the worker's OpenAI-compatible HTTP server (the simulated backend's data plane).
+    engine_enabled: bool = Field(
+        default=True,
+        description="Serve the engine over HTTP and advertise its URL (engine_url) in every status; "
+        "off: requests reach this worker over NATS only.",
+    )
+    engine_host: str = Field(
+        default="127.0.0.1", description="Address the engine listens on (0.0.0.0 to be reached from other hosts)."
+    )
+    engine_port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="Port the engine listens on (0: any free port; several devices: port, port + 1, ...).",
+    )
+    engine_advertise_host: str | None = Field(
+        default=None,
+        description="Host name or address the data plane reaches the engine at (default: the address it "
+        "listens on; the host name when that is 0.0.0.0 or ::).",
+    )
+    engine_body_max_bytes: int = Field(
+        default=8 * MIB, ge=1024, description="Largest request body the engine takes (else 413)."
+    )
+
     @field_validator("backend")
     @classmethod
     def _known_backend(cls, value: str) -> str:
@@ -123,3 +150,11 @@ class WorkerSettings(CommonSettings):
 
     def worker_id_for(self, device: str) -> str:
         return self.worker_id or default_worker_id(self.host_name, device)
+
+    def engine_bearer(self) -> str | None:
+        """The token the engine asks for (``engine_token_value``: the setting, its file, or the one ``gpuplane up``
+        keeps under the data dir); None when there is none."""
+        value = self.engine_token_value()
+        if value is not None and len(value) < ENGINE_TOKEN_MIN_CHARS:
+            raise ConfigError(f"the engine token must hold at least {ENGINE_TOKEN_MIN_CHARS} characters")
+        return value

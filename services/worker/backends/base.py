@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from services.worker.core.device import DeviceProfile
 from services.worker.core.status import BackendState
@@ -13,7 +13,12 @@ from shared.contracts import WorkerTask
 from shared.modelgroups import ModelCatalog
 
 ChunkSink = Callable[[dict[str, Any]], Awaitable[None]]
-"""Takes one OpenAI chunk object of a streamed answer; the shell numbers and publishes it."""
+"""Takes one OpenAI chunk object of a streamed answer; the shell numbers and publishes it (or writes it
+to an HTTP client). It raises ``AnswerAbandoned`` when nobody is left to read the answer."""
+
+
+class AnswerAbandoned(Exception):  # noqa: N818 - a state, not a failure: the one asking went away
+    """Whoever the answer was for went away (an HTTP client disconnected): stop serving it."""
 
 
 def _no_change() -> None:
@@ -94,3 +99,15 @@ class InferenceBackend(Protocol):
         ...
 
     def state(self) -> BackendState: ...
+
+
+@runtime_checkable
+class UpstreamEngine(Protocol):
+    """A backend in front of an OpenAI-compatible server of its own (the worker serves no engine then).
+
+    ``engine_url`` is that server's base URL for the data plane to call directly, or None when it must
+    not (requests then come through the worker over NATS).
+    """
+
+    @property
+    def engine_url(self) -> str | None: ...

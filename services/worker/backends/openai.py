@@ -2,6 +2,10 @@
 
 The upstream owns its memory, so there is no group management here: what it serves is what
 ``GET /models`` lists, asked at start and every ``upstream_models_interval_s``.
+
+The upstream is the engine: the worker advertises its URL (``engine_url``) for the data plane to
+call directly, unless it needs an API key (a secret that must not travel on NATS); then requests
+come through the worker, and this backend forwards them with one pooled aiohttp session.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import logging
 import time
 from typing import Any, ClassVar
 
-import httpx
+import aiohttp
 
 from services.worker.backends.base import BackendConfig, ChunkSink, Execution, LoadResult
 from services.worker.core.responses import input_items
@@ -30,6 +34,14 @@ PATHS: dict[InferenceKind, str] = {
 MESSAGE_CHARS = 500
 MODELS_TIMEOUT_S = 10.0
 """Listing models is quick on any upstream; one that hangs must not hold up the worker's start."""
+STREAM_LINE_MAX_BYTES = 16 * 1024 * 1024
+"""A streamed line longer than this is not an SSE event: the upstream is broken."""
+
+
+def openai_base_url(url: str) -> str:
+    """``url`` as an OpenAI client's base URL: no trailing slash, ending in ``/v1``."""
+    base = url.strip().rstrip("/")
+    return base if base.endswith("/v1") else f"{base}/v1"
 
 
 class OpenAIBackend:
@@ -41,11 +53,10 @@ class OpenAIBackend:
                 "the openai backend needs GPUPLANE_UPSTREAM_URL (--upstream-url), e.g. http://127.0.0.1:8000/v1"
             )
         self._config = config
-        self._url = config.upstream_url.rstrip("/")
-        headers = {"Authorization": f"Bearer {config.upstream_api_key}"} if config.upstream_api_key else {}
-        self._client = httpx.AsyncClient(
-            base_url=self._url + "/", timeout=config.upstream_timeout_s, headers=headers
-        )
+        self._url = openai_base_url(config.upstream_url)
+        self._headers = {"Authorization": f"Bearer {config.upstream_api_key}"} if config.upstream_api_key else {}
+        self._session: aiohttp.ClientSession | None = None
+        """Made on first use (inside the event loop), kept for every call after."""
         self._models: tuple[str, ...] = ()
         self._models_known = False
         self._current: str | None = None
@@ -54,6 +65,25 @@ class OpenAIBackend:
     @property
     def models(self) -> tuple[str, ...]:
         return self._models
+
+    @property
+    def engine_url(self) -> str | None:
+        """The upstream's base URL for the data plane to call directly; None when it needs the API key."""
+        return None if self._config.upstream_api_key else self._url
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            # No connection limit: the worker's pool bounds the requests in flight. trust_env off: an
+            # inference server is reached directly, and reading proxy settings costs on every call.
+            self._session = aiohttp.ClientSession(
+                headers=self._headers, connector=aiohttp.TCPConnector(limit=0), trust_env=False
+            )
+        return self._session
+
+    def _timeout(self, total_s: float | None = None) -> aiohttp.ClientTimeout:
+        """``upstream_timeout_s`` to connect and between reads (a long answer that keeps coming is fine)."""
+        limit_s = self._config.upstream_timeout_s
+        return aiohttp.ClientTimeout(total=total_s, connect=limit_s, sock_read=limit_s)
 
     async def start(self) -> None:
         await self._refresh_quietly()
@@ -64,7 +94,8 @@ class OpenAIBackend:
             await self._refresh_quietly()
 
     async def close(self) -> None:
-        await self._client.aclose()
+        if self._session is not None:
+            await self._session.close()
 
     async def refresh_models(self) -> tuple[str, ...]:
         """Ask the upstream what it serves; ``OperationFailed`` if it cannot say."""
@@ -154,14 +185,20 @@ class OpenAIBackend:
     ) -> dict[str, Any]:
         limit_s = timeout_s if timeout_s is not None else self._config.upstream_timeout_s
         try:
-            response = await self._client.request(method, path, json=payload, timeout=limit_s)
-        except httpx.TimeoutException as exc:
+            async with self._client().request(
+                method, f"{self._url}/{path}", json=payload, timeout=self._timeout(timeout_s)
+            ) as response:
+                raw = await response.read()
+                status, reason = response.status, response.reason
+        except TimeoutError as exc:
             raise OperationFailed(f"upstream {self._url}/{path} did not answer within {limit_s:g} s") from exc
-        except httpx.HTTPError as exc:
+        except aiohttp.ClientConnectionError as exc:
             raise OperationFailed(f"upstream {self._url}/{path} is unreachable: {type(exc).__name__}: {exc}") from exc
-        self._raise_for(response, path)
+        except aiohttp.ClientError as exc:
+            raise OperationFailed(f"upstream {self._url}/{path} failed: {type(exc).__name__}: {exc}") from exc
+        self._raise_for(status, reason, raw, path)
         try:
-            answer = response.json()
+            answer = json.loads(raw)
         except ValueError as exc:
             raise OperationFailed(f"upstream {self._url}/{path} answered something that is not JSON") from exc
         if not isinstance(answer, dict):
@@ -172,33 +209,44 @@ class OpenAIBackend:
         path = PATHS[task.kind]
         payload = {**body, "model": task.model, "stream": True}
         try:
-            async with self._client.stream("POST", path, json=payload) as response:
-                if response.status_code >= 400:
-                    await response.aread()
-                    self._raise_for(response, path)
-                async for line in response.aiter_lines():
-                    if not line.startswith("data:"):
-                        continue
-                    data = line[len("data:") :].strip()
-                    if data == "[DONE]":
-                        return
-                    try:
-                        chunk = json.loads(data)
-                    except ValueError as exc:
-                        raise OperationFailed(f"upstream {self._url}/{path} streamed a line that is not JSON") from exc
-                    await emit(chunk)
-        except httpx.TimeoutException as exc:
+            async with self._client().post(f"{self._url}/{path}", json=payload, timeout=self._timeout()) as response:
+                if response.status >= 400:
+                    self._raise_for(response.status, response.reason, await response.read(), path)
+                pending = b""
+                async for piece in response.content.iter_any():
+                    lines = (pending + piece).split(b"\n")
+                    pending = lines.pop()
+                    if len(pending) > STREAM_LINE_MAX_BYTES:
+                        raise OperationFailed(f"upstream {self._url}/{path} streamed a line over 16 MiB")
+                    for line in lines:
+                        if await self._relay(line, path, emit):
+                            return
+                await self._relay(pending, path, emit)
+        except TimeoutError as exc:
             raise OperationFailed(
                 f"upstream {self._url}/{path} did not answer within {self._config.upstream_timeout_s:g} s"
             ) from exc
-        except httpx.HTTPError as exc:
+        except aiohttp.ClientError as exc:
             raise OperationFailed(f"upstream {self._url}/{path} failed: {type(exc).__name__}: {exc}") from exc
 
-    def _raise_for(self, response: httpx.Response, path: str) -> None:
-        status = response.status_code
+    async def _relay(self, line: bytes, path: str, emit: ChunkSink) -> bool:
+        """Pass on one SSE line's chunk; True at ``[DONE]``. Comments and other fields are skipped."""
+        if not line.startswith(b"data:"):
+            return False
+        data = line[len(b"data:") :].strip()
+        if data == b"[DONE]":
+            return True
+        try:
+            chunk = json.loads(data)
+        except ValueError as exc:
+            raise OperationFailed(f"upstream {self._url}/{path} streamed a line that is not JSON") from exc
+        await emit(chunk)
+        return False
+
+    def _raise_for(self, status: int, reason: str | None, raw: bytes, path: str) -> None:
         if status < 400:
             return
-        message = _upstream_message(response)
+        message = _upstream_message(raw, reason or str(status))
         if status < 500:
             raise InvalidRequest(f"upstream {self._url}/{path} rejected the request ({status}): {message}")
         raise OperationFailed(f"upstream {self._url}/{path} failed ({status}): {message}")
@@ -213,12 +261,12 @@ class OpenAIBackend:
         )
 
 
-def _upstream_message(response: httpx.Response) -> str:
+def _upstream_message(raw: bytes, reason: str) -> str:
     """The error an OpenAI-style server explains itself with, else the start of its body."""
     try:
-        body = response.json()
+        body = json.loads(raw)
     except ValueError:
-        return response.text.strip()[:MESSAGE_CHARS] or response.reason_phrase
+        return raw.decode(errors="replace").strip()[:MESSAGE_CHARS] or reason
     if isinstance(body, dict):
         error = body.get("error")
         if isinstance(error, dict) and error.get("message"):

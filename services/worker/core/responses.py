@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from shared.contracts import InferenceKind
@@ -50,37 +51,82 @@ def simulated_text(model: str, device: str, body: Mapping[str, Any]) -> str:
     return f"[simulated {model} on {device}] You said: {said}" if said else f"[simulated {model} on {device}] Hello."
 
 
-def _usage(body: Mapping[str, Any], completion: str) -> dict[str, int]:
+def _positive_int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def choice_count(body: Mapping[str, Any]) -> int:
+    """``n``: how many choices to answer with (1 when absent or unusable; the gateway bounds it)."""
+    return _positive_int(body.get("n")) or 1
+
+
+def token_cap(body: Mapping[str, Any]) -> int | None:
+    """The most completion tokens the body allows: ``max_completion_tokens``, else ``max_tokens``; None: no cap."""
+    return _positive_int(body.get("max_completion_tokens")) or _positive_int(body.get("max_tokens"))
+
+
+def wants_usage(body: Mapping[str, Any]) -> bool:
+    """``stream_options.include_usage``: a streamed answer ends with a chunk holding ``usage``."""
+    options = body.get("stream_options")
+    return isinstance(options, Mapping) and options.get("include_usage") is True
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What every choice of a simulated chat or completion says (they are alike: the answer is deterministic)."""
+
+    text: str
+    finish_reason: str
+    """"length" when the token cap cut the text, else "stop"."""
+    choices: int
+    usage: dict[str, int]
+
+
+def simulated_answer(model: str, device: str, body: Mapping[str, Any]) -> Answer:
+    """The answer's text cut to the body's token cap (a token is a word here), and its usage over all choices."""
+    text = simulated_text(model, device, body)
+    finish = "stop"
+    cap = token_cap(body)
+    if cap is not None and _tokens(text) > cap:
+        text, finish = " ".join(text.split()[:cap]), "length"
+    choices = choice_count(body)
     prompt_tokens = _tokens(last_user_text(body))
-    completion_tokens = _tokens(completion)
-    return {
+    completion_tokens = _tokens(text) * choices
+    usage = {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
     }
+    return Answer(text, finish, choices, usage)
 
 
 def chat_completion(request_id: str, model: str, device: str, body: Mapping[str, Any], created: int) -> dict[str, Any]:
-    content = simulated_text(model, device, body)
+    answer = simulated_answer(model, device, body)
+    message = {"role": "assistant", "content": answer.text}
     return {
         "id": f"chatcmpl-{request_id}",
         "object": "chat.completion",
         "created": created,
         "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
-        "usage": _usage(body, content),
+        "choices": [
+            {"index": i, "message": dict(message), "finish_reason": answer.finish_reason} for i in range(answer.choices)
+        ],
+        "usage": answer.usage,
     }
 
 
 def text_completion(request_id: str, model: str, device: str, body: Mapping[str, Any], created: int) -> dict[str, Any]:
-    text = simulated_text(model, device, body)
+    answer = simulated_answer(model, device, body)
     return {
         "id": f"cmpl-{request_id}",
         "object": "text_completion",
         "created": created,
         "model": model,
-        "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": "stop"}],
-        "usage": _usage(body, text),
+        "choices": [
+            {"index": i, "text": answer.text, "logprobs": None, "finish_reason": answer.finish_reason}
+            for i in range(answer.choices)
+        ],
+        "usage": answer.usage,
     }
 
 
@@ -156,40 +202,51 @@ def stream_chunks(
     created: int,
     pieces: int = STREAM_PIECES,
 ) -> list[dict[str, Any]]:
-    """A streamed answer as OpenAI chunk objects (about ``pieces`` of them), the last with finish_reason."""
-    text = simulated_text(model, device, body)
-    parts = split_text(text, max(1, pieces - 1))
-    if kind is InferenceKind.CHAT:
-        def chat_chunk(delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
-            return {
-                "id": f"chatcmpl-{request_id}",
-                "object": "chat.completion.chunk",
-                "created": created,
-                "model": model,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-            }
+    """A streamed answer as OpenAI chunk objects: about ``pieces`` per choice, the choices interleaved, each
+    choice's last chunk with its finish_reason. With ``stream_options.include_usage`` every chunk has ``usage``
+    null and one more chunk, with no choices, carries the usage (as OpenAI streams it)."""
+    answer = simulated_answer(model, device, body)
+    parts = split_text(answer.text, max(1, pieces - 1))
+    chat = kind is InferenceKind.CHAT
+    usage = wants_usage(body)
 
-        first = chat_chunk({"role": "assistant", "content": parts[0]}, None)
-        middle = [chat_chunk({"content": part}, None) for part in parts[1:]]
-        return [first, *middle, chat_chunk({}, "stop")]
-
-    def text_chunk(piece: str, finish: str | None) -> dict[str, Any]:
-        return {
-            "id": f"cmpl-{request_id}",
-            "object": "text_completion",
+    def chunk(choices: list[dict[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "id": f"chatcmpl-{request_id}" if chat else f"cmpl-{request_id}",
+            "object": "chat.completion.chunk" if chat else "text_completion",
             "created": created,
             "model": model,
-            "choices": [{"index": 0, "text": piece, "logprobs": None, "finish_reason": finish}],
+            "choices": choices,
         }
+        if usage:
+            out["usage"] = None
+        return out
 
-    return [*(text_chunk(part, None) for part in parts), text_chunk("", "stop")]
+    def choice(index: int, piece: str | None, finish: str | None) -> dict[str, Any]:
+        if not chat:
+            return {"index": index, "text": piece or "", "logprobs": None, "finish_reason": finish}
+        delta: dict[str, Any] = {} if piece is None else {"content": piece}
+        return {"index": index, "delta": delta, "finish_reason": finish}
+
+    indexes = range(answer.choices)
+    chunks = [chunk([choice(i, part, None)]) for part in parts for i in indexes]
+    if chat:  # each choice's first delta says who speaks
+        for first in chunks[: answer.choices]:
+            first["choices"][0]["delta"] = {"role": "assistant", **first["choices"][0]["delta"]}
+    chunks.extend(chunk([choice(i, None, answer.finish_reason)]) for i in indexes)
+    if usage:
+        chunks.append({**chunk([]), "usage": answer.usage})
+    return chunks
 
 
-def joined_stream_text(chunks: Sequence[Mapping[str, Any]]) -> str:
-    """The text a client assembles from streamed chunks (tests, and anyone replaying a stream)."""
+def joined_stream_text(chunks: Sequence[Mapping[str, Any]], index: int = 0) -> str:
+    """The text a client assembles for choice ``index`` from streamed chunks (tests, and anyone replaying a
+    stream)."""
     out: list[str] = []
     for chunk in chunks:
         for choice in chunk.get("choices", ()):
+            if choice.get("index", 0) != index:
+                continue
             delta = choice.get("delta")
             if delta is not None:
                 out.append(delta.get("content") or "")

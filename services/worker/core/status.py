@@ -22,6 +22,8 @@ class WorkerIdentity:
     gpu_uuid: str | None = None
     gpu_name: str | None = None
     vram_total_mb: int | None = None
+    engine_url: str | None = None
+    """The OpenAI base URL (``http://host:port/v1``) the data plane sends requests to directly; None: over NATS only."""
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,7 @@ def build_status(
         vram_total_mb=identity.vram_total_mb,
         vram_used_mb=backend.vram_used_mb,
         utilization_percent=utilization_percent,
+        engine_url=identity.engine_url,
         sequence=sequence,
         at=at,
     )

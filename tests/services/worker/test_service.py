@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +11,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from services.worker.core.responses import joined_stream_text, simulated_text
-from services.worker.service import start_for
-from services.worker.settings import WorkerSettings
-from shared.bus.base import Bus, Delivery
+from shared.bus.base import Delivery
 from shared.bus.memory import MemoryBus
 from shared.contracts import (
     HealthReply,
@@ -24,56 +20,14 @@ from shared.contracts import (
     Priority,
     ServiceName,
     StreamChunk,
-    WorkerResult,
     WorkerState,
-    WorkerStatus,
     WorkerTask,
 )
 from shared.errors import ConfigError, NoResponders, RemoteError
-from shared.service import ServiceContext, serve
-from shared.subjects import WORKER_STATUS_ALL, health, inventory, matches, stream_chunks, worker_task
+from shared.subjects import health, inventory, stream_chunks
 from tests.builders import make_inventory, make_reference_gpus
 from tests.services.worker.backends.upstream import FakeUpstream
-from tests.services.worker.helpers import make_task, write_catalog
-
-HOST = "box"
-
-
-@dataclass
-class RunningWorker:
-    bus: MemoryBus
-    ctx: ServiceContext
-    task: asyncio.Task[None]
-    settings: WorkerSettings
-
-    @property
-    def worker_id(self) -> str:
-        return self.settings.worker_id or ""
-
-    def statuses(self) -> list[WorkerStatus]:
-        return [m for s, m in self.bus.published if matches(WORKER_STATUS_ALL, s) and isinstance(m, WorkerStatus)]
-
-    async def wait_status(self, check: Callable[[WorkerStatus], bool], timeout_s: float = 5.0) -> WorkerStatus:
-        deadline = asyncio.get_running_loop().time() + timeout_s
-        while True:
-            for status in self.statuses():
-                if check(status):
-                    return status
-            if self.task.done():
-                self.task.result()
-            assert asyncio.get_running_loop().time() < deadline, f"no such status; last: {self.statuses()[-1:]}"
-            await asyncio.sleep(0.005)
-
-    async def ask(self, task: WorkerTask, timeout_s: float = 5.0) -> WorkerResult:
-        subject = worker_task(self.settings.host_name, self.worker_id)
-        return await self.bus.request(subject, task, WorkerResult, timeout_s=timeout_s)
-
-    async def stop(self) -> None:
-        self.ctx.stopping.set()
-        await asyncio.wait_for(self.task, 10)
-
-
-Starter = Callable[..., "asyncio.Future[RunningWorker]"]
+from tests.services.worker.helpers import HOST, RunningWorker, launch, make_task, worker_settings
 
 
 @pytest.fixture
@@ -82,35 +36,6 @@ async def bus() -> AsyncIterator[MemoryBus]:
     await bus.publish(inventory(HOST), make_inventory(make_reference_gpus(), host=HOST))
     yield bus
     await bus.drain()
-
-
-def worker_settings(tmp_path: Path, **overrides: Any) -> WorkerSettings:
-    values: dict[str, Any] = {
-        "host_name": HOST,
-        "device": "cuda:0",
-        "worker_id": f"w-{uuid.uuid4().hex[:8]}",
-        "model_groups_file": write_catalog(tmp_path),
-        "status_interval_s": 0.05,
-        "status_min_interval_s": 0.0,
-        "latency_jitter": 0.0,
-        "inventory_wait_s": 1.0,
-        "drain_timeout_s": 2.0,
-        "heartbeat_interval_s": 60,
-        **overrides,
-    }
-    return WorkerSettings(**values)
-
-
-async def launch(bus: MemoryBus, settings: WorkerSettings) -> RunningWorker:
-    async def factory(*_: object) -> Bus:
-        return bus
-
-    ctx = ServiceContext(ServiceName.WORKER, settings)
-    task = asyncio.create_task(
-        serve(ServiceName.WORKER, settings, start_for(settings), bus_factory=factory,
-              install_signal_handlers=False, ctx=ctx)
-    )
-    return RunningWorker(bus, ctx, task, settings)
 
 
 @pytest.fixture

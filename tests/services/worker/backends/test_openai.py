@@ -11,7 +11,7 @@ import pytest
 
 from services.stack.embedded import free_port
 from services.worker.backends import BackendConfig, open_backend
-from services.worker.backends.openai import OpenAIBackend
+from services.worker.backends.openai import OpenAIBackend, openai_base_url
 from services.worker.core.device import DeviceProfile
 from shared.contracts import InferenceKind
 from shared.errors import ConfigError, InvalidRequest, NotFound, OperationFailed
@@ -161,7 +161,7 @@ async def test_an_unreachable_upstream_does_not_stop_the_start_and_fails_tasks()
         await backend.start()
         assert backend.state().models == ()
         assert backend.group_for("anything") == "anything"  # what it serves is not known yet
-        with pytest.raises(OperationFailed, match="is unreachable: ConnectError"):
+        with pytest.raises(OperationFailed, match="is unreachable: ClientConnectorError"):
             await backend.execute(make_task("anything", bodies=(chat("hi"),)), None)
     finally:
         await backend.close()
@@ -192,3 +192,29 @@ async def test_models_are_asked_again_periodically(upstream: FakeUpstream) -> No
 def test_the_openai_backend_needs_an_upstream_url() -> None:
     with pytest.raises(ConfigError, match="needs GPUPLANE_UPSTREAM_URL"):
         make_backend(None)
+
+
+@pytest.mark.parametrize(
+    ("given", "base"),
+    [
+        ("http://127.0.0.1:8000/v1", "http://127.0.0.1:8000/v1"),
+        ("http://127.0.0.1:8000/v1/", "http://127.0.0.1:8000/v1"),
+        ("http://127.0.0.1:8000", "http://127.0.0.1:8000/v1"),
+        (" http://llm:8000/ ", "http://llm:8000/v1"),
+        ("https://host/openai/v1", "https://host/openai/v1"),
+    ],
+)
+def test_the_upstream_url_is_normalized_to_an_openai_base_url(given: str, base: str) -> None:
+    assert openai_base_url(given) == base
+
+
+async def test_the_upstream_is_the_engine_unless_it_needs_a_key(upstream: FakeUpstream) -> None:
+    open_one = make_backend(upstream.url.removesuffix("/v1"))
+    keyed = make_backend(upstream.url, upstream_api_key="sekrit")
+    try:
+        assert open_one.engine_url == upstream.url and keyed.engine_url is None
+        await open_one.start()  # and it calls the normalized URL itself
+        assert open_one.state().models == ("up-chat", "embed-a", "embed-b")
+    finally:
+        await open_one.close()
+        await keyed.close()
