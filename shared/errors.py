@@ -2,20 +2,77 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from dataclasses import dataclass
+from typing import ClassVar, Literal, TypeGuard, get_args
 
 ReplyCode = Literal["bad_request", "unavailable", "internal", "conflict", "not_found", "overloaded", "forbidden"]
+"""What a bus handler's error reply says went wrong."""
 
-HTTP_STATUS: dict[ReplyCode, int] = {
-    "bad_request": 422,
-    "forbidden": 403,
-    "not_found": 404,
-    "conflict": 409,
-    "overloaded": 429,
-    "unavailable": 503,
-    "internal": 500,
+ErrorCode = ReplyCode | Literal["no_responder", "timeout", "bad_gateway"]
+"""A reply code, or what went wrong on the way to a responder (seen only by whoever asked)."""
+
+REPLY_CODES: frozenset[str] = frozenset(get_args(ReplyCode))
+
+
+def is_reply_code(code: str) -> TypeGuard[ReplyCode]:
+    return code in REPLY_CODES
+
+
+@dataclass(frozen=True)
+class ErrorKind:
+    """How one error code is answered over HTTP: on gpuplane's own paths and, in OpenAI's shape, under /v1."""
+
+    status: int
+    openai_type: str
+    openai_status: int
+    """Under /v1 (OpenAI's clients expect 400 where FastAPI says 422)."""
+    openai_code: str | None
+    """``error.code`` under /v1; None where ``error.param`` names the culprit instead."""
+    retry_after: bool = False
+    """Answered with a Retry-After header: trying again later may succeed."""
+
+
+ERRORS: dict[ErrorCode, ErrorKind] = {
+    "bad_request": ErrorKind(422, "invalid_request_error", 400, None),
+    "forbidden": ErrorKind(403, "permission_error", 403, "forbidden"),
+    "not_found": ErrorKind(404, "not_found_error", 404, None),
+    "conflict": ErrorKind(409, "invalid_request_error", 409, "conflict"),
+    "overloaded": ErrorKind(429, "rate_limit_error", 429, "overloaded", retry_after=True),
+    "unavailable": ErrorKind(503, "server_error", 503, "unavailable", retry_after=True),
+    "internal": ErrorKind(500, "server_error", 500, "internal"),
+    # "no_router": what OpenAI clients have been told since /v1 existed (only routers answer /v1).
+    "no_responder": ErrorKind(503, "server_error", 503, "no_router", retry_after=True),
+    "timeout": ErrorKind(504, "server_error", 504, "timeout", retry_after=True),
+    "bad_gateway": ErrorKind(502, "server_error", 502, "bad_gateway"),
 }
-"""The one table from an error's code to its HTTP status (under /v1, OpenAI's clients get 400 for bad_request)."""
+"""The one table from an error's code to its HTTP status and OpenAI error type (see ``error_code``)."""
+
+
+def error_code(exc: GpuplaneError) -> ErrorCode:
+    """The row of ``ERRORS`` that answers ``exc`` at an HTTP boundary.
+
+    A bus failure is the asker's to report (no responder, no answer in time, a broken reply), not the
+    ``reply_code`` it would carry if a handler raised it; a remote error keeps its responder's code.
+    """
+    if isinstance(exc, RemoteError):
+        return exc.code if is_reply_code(exc.code) else "bad_gateway"  # a code newer than this table
+    if isinstance(exc, NoResponders):
+        return "no_responder"
+    if isinstance(exc, RequestTimeout):
+        return "timeout"
+    if isinstance(exc, BusUnavailable):
+        return "unavailable"
+    if isinstance(exc, BusError):
+        return "bad_gateway"
+    return exc.reply_code
+
+
+def openai_type(status: int) -> str:
+    """OpenAI's error type for an HTTP status no code of ours produced (a framework's 404 or 405)."""
+    for kind in ERRORS.values():
+        if kind.openai_status == status or kind.status == status:
+            return kind.openai_type
+    return "server_error" if status >= 500 else "invalid_request_error"
 
 
 class GpuplaneError(Exception):

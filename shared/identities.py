@@ -174,7 +174,9 @@ def permissions(identity: Identity, hosts: Iterable[str] | None = None) -> Permi
         return Permissions(
             publish=(
                 *(f"{PREFIX}.worker.status.{h}.*" for h in own),
+                # Chunks of a task sent through the worker, to the router or gateway that sent it.
                 STREAM_TO_ROUTER,
+                STREAM_TO_API,
                 heartbeat(ServiceName.WORKER),
                 *reads,
             ),
@@ -200,6 +202,9 @@ def permissions(identity: Identity, hosts: Iterable[str] | None = None) -> Permi
                 ROUTER_INFER,
                 ROUTER_STATE,
                 ROUTER_HELD,
+                # The gateway's data plane sends through a worker whose engine it cannot reach directly.
+                WORKER_TASK_ALL,
+                WORKER_HELD_ALL,
                 *(health(s) for s in ServiceName),
                 AUDIT_ALL,
                 heartbeat(ServiceName.API),

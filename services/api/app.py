@@ -15,31 +15,24 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.api.access import Credentials, KeyTable, SessionCodec, is_inference_path
 from services.api.audit import AuditTrail
-from services.api.deps import GatewayState, StoreNotReady
+from services.api.deps import GatewayState
 from services.api.events import EVENT_KINDS
 from services.api.guard import Guard
 from services.api.observe import Telemetry
 from services.api.routes import access, backup, console, events, gpu_config, health, inference, router_state, system
 from services.api.routes.inference import openai_error
-from services.api.routes.system import NoInventoryYet
 from services.api.settings import ApiSettings
 from services.api.store import AccessStore
+from services.router.dispatcher import Dispatcher
 from shared import __version__
 from shared.bus.base import Bus, Delivery
 from shared.contracts import AuditAction, AuditRecord, Heartbeat, Inventory, Message, ServiceName, utc_now
 from shared.database import DatabaseUnavailable, make_engine, until_available
-from shared.errors import (
-    HTTP_STATUS,
-    BusError,
-    BusUnavailable,
-    ConfigError,
-    GpuplaneError,
-    NoResponders,
-    RemoteError,
-    RequestTimeout,
-)
+from shared.errors import ERRORS, ConfigError, GpuplaneError, NoResponders, RemoteError, error_code, openai_type
+from shared.modelgroups import load_model_catalog
 from shared.service import BusFactory, ServiceContext, attach, nats_bus_factory
 from shared.subjects import AUDIT_ALL, HEARTBEAT_ALL, INVENTORY_ALL
+from shared.telemetry import tracing_wanted
 
 log = logging.getLogger("gpuplane.api")
 
@@ -152,6 +145,18 @@ def create_app(settings: ApiSettings, *, bus_factory: BusFactory = nats_bus_fact
             # HTTP serves at once; until NATS answers, routes say so with 503.
             bus = await bus_factory(settings, ServiceName.API)
             await attach(bus, ctx, lambda b, c: _feed_read_model(state, b, c))
+            plane = Dispatcher(
+                bus,
+                settings,
+                load_model_catalog(settings.model_groups_file),
+                state.instance,
+                ServiceName.API,
+                engine_token=settings.engine_token_value(),
+            )
+            await plane.start()
+            ctx.spawn(plane.run_timers(), name="dataplane-timers")
+            ctx.spawn(plane.watch_answers(), name="dataplane-answers")
+            state.dataplane = plane
 
         async def exit_on_crash() -> None:
             # uvicorn owns the process: a dead connect task ends it through uvicorn's own
@@ -162,7 +167,6 @@ def create_app(settings: ApiSettings, *, bus_factory: BusFactory = nats_bus_fact
 
         ctx.spawn(connect(), name="connect")
         ctx.spawn(state.audit.run(), name="audit")
-        ctx.spawn(state.inflight.watch(), name="lost-answers")
         if state.engine is not None:
             ctx.spawn(_open_store(state), name="access-store")
         watcher = asyncio.create_task(exit_on_crash())
@@ -170,6 +174,8 @@ def create_app(settings: ApiSettings, *, bus_factory: BusFactory = nats_bus_fact
             yield
         finally:
             watcher.cancel()
+            if state.dataplane is not None:
+                await state.dataplane.close()
             await state.audit.flush()
             await ctx.shutdown()
             if state.bus is not None:
@@ -191,59 +197,32 @@ def create_app(settings: ApiSettings, *, bus_factory: BusFactory = nats_bus_fact
         app.include_router(module.router)
     # Added last is outermost: telemetry sees (and counts) what the guard refuses.
     app.add_middleware(Guard, state=state)
-    app.add_middleware(Telemetry)
+    app.add_middleware(Telemetry, tracing=tracing_wanted(settings.otlp_endpoint))
 
     retry = settings.retry_after_s
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if is_inference_path(request.url.path):
-            kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
-            return openai_error(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}", type_=kind)
+            message = f"{request.method} {request.url.path}: {exc.detail}"
+            return openai_error(exc.status_code, message, type_=openai_type(exc.status_code))
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
-    @app.exception_handler(NoInventoryYet)
-    async def no_inventory(_: Request, exc: NoInventoryYet) -> JSONResponse:
-        return _error(503, str(exc), retry)
-
-    @app.exception_handler(NoResponders)
-    async def no_responders(_: Request, exc: NoResponders) -> JSONResponse:
-        return _error(503, f"{exc}: is that service running?", retry)
-
-    @app.exception_handler(RequestTimeout)
-    async def timeout(_: Request, exc: RequestTimeout) -> JSONResponse:
-        return _error(504, str(exc), retry)
-
-    @app.exception_handler(BusUnavailable)
-    async def bus_down(_: Request, exc: BusUnavailable) -> JSONResponse:
-        return _error(503, str(exc), retry)
-
-    @app.exception_handler(RemoteError)
-    async def remote(request: Request, exc: RemoteError) -> JSONResponse:
-        if exc.code == "bad_request" and exc.field:
-            return JSONResponse({"detail": [_field_error(request, exc.field, exc.remote_message)]}, status_code=422)
-        if exc.code == "conflict":
-            return JSONResponse({"detail": exc.remote_message, **exc.context}, status_code=409)
-        if exc.code == "overloaded":
-            return _error(429, exc.remote_message, inference.retry_after(exc.context.get("retry_after_s"), retry))
-        status = HTTP_STATUS.get(exc.code, 502)  # type: ignore[call-overload]
-        return _error(status, exc.remote_message, retry if status == 503 else None)
-
-    @app.exception_handler(BusError)
-    async def bus_error(_: Request, exc: BusError) -> JSONResponse:
-        return _error(502, str(exc))
-
-    @app.exception_handler(StoreNotReady)
-    async def store_not_ready(_: Request, exc: StoreNotReady) -> JSONResponse:
-        return _error(503, str(exc), retry)
-
     @app.exception_handler(GpuplaneError)
-    async def local(request: Request, exc: GpuplaneError) -> JSONResponse:
-        """The gateway's own typed errors (a key's conflict, a missing key, the database away)."""
-        status = HTTP_STATUS[exc.reply_code]
-        field = getattr(exc, "field", None)
-        if status == 422 and field:
-            return JSONResponse({"detail": [_field_error(request, field, str(exc))]}, status_code=422)
-        return _error(status, str(exc), retry if status == 503 else None)
+    async def gpuplane_error(request: Request, exc: GpuplaneError) -> JSONResponse:
+        """Every typed error off /v1 (whose routes answer in OpenAI's shape), as the table ``ERRORS`` says."""
+        code = error_code(exc)
+        kind = ERRORS[code]
+        message = exc.remote_message if isinstance(exc, RemoteError) else str(exc)
+        if isinstance(exc, NoResponders):
+            message = f"{message}: is that service running?"
+        field: str | None = getattr(exc, "field", None)
+        context: dict[str, str] = getattr(exc, "context", {})
+        if code == "bad_request" and field:  # shaped like FastAPI's own validation errors
+            return JSONResponse({"detail": [_field_error(request, field, message)]}, status_code=kind.status)
+        if code == "conflict":  # the context names what it collides with (run_id)
+            return JSONResponse({"detail": message, **context}, status_code=kind.status)
+        wait = inference.retry_after(context.get("retry_after_s"), retry) if kind.retry_after else None
+        return _error(kind.status, message, wait)
 
     return app

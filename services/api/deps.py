@@ -19,10 +19,10 @@ from sqlalchemy import Engine
 from services.api.access import Credentials, KeyTable, Principal, RateLimiter
 from services.api.audit import AuditTrail
 from services.api.events import EventHub
-from services.api.inflight import InFlight
 from services.api.readmodel import ReadModel
 from services.api.settings import ApiSettings
 from services.api.store import AccessStore
+from services.router.dispatcher import Dispatcher
 from shared.bus.base import Bus
 from shared.contracts import Inventory
 from shared.errors import BusUnavailable, GpuplaneError
@@ -43,6 +43,8 @@ class GatewayState:
     """None when GPUPLANE_AUTH=off."""
     read_model: ReadModel = field(default_factory=ReadModel)
     bus: Bus | None = None
+    dataplane: Dispatcher | None = None
+    """The in-process router /v1 requests go through (set once NATS is connected)."""
     engine: Engine | None = None
     store: AccessStore | None = None
     store_problem: str = "GPUPLANE_DATABASE_URL is not set"
@@ -54,11 +56,8 @@ class GatewayState:
     """This gateway process's token, e.g. in the subjects streamed answers come back on."""
     events: EventHub = field(init=False)
     """The console's live event streams."""
-    inflight: InFlight = field(init=False)
-    """Inference requests out at the routers (and the watch for lost answers)."""
 
     def __post_init__(self) -> None:
-        self.inflight = InFlight(self)
         self.events = EventHub(streams_max=self.settings.event_streams_max)
 
     def record_inventory(self, inv: Inventory) -> None:
@@ -91,6 +90,15 @@ async def get_bus(state: StateDep) -> Bus:
 
 
 BusDep = Annotated[Bus, Depends(get_bus)]
+
+
+async def get_dataplane(state: StateDep) -> Dispatcher:
+    if state.dataplane is None:
+        raise BusUnavailable("the gateway is not connected to NATS yet, so it knows no workers")
+    return state.dataplane
+
+
+DataPlaneDep = Annotated[Dispatcher, Depends(get_dataplane)]
 
 
 async def get_read_model(state: StateDep) -> ReadModel:

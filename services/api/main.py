@@ -31,6 +31,9 @@ def main(settings: ApiSettings) -> None:
         app,
         host=settings.http_host,
         port=settings.http_port,
+        # uvloop and httptools where they installed (pyproject lists both): the C event loop and parser.
+        loop="auto",
+        http="auto",
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=int(settings.drain_timeout_s),

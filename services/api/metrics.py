@@ -17,7 +17,6 @@ class GatewayMetrics:
     audit_records: Counter
     audit_dropped: Counter
     audit_pending: Gauge
-    lost_answers: Counter
 
 
 @cache
@@ -63,12 +62,5 @@ def gateway_metrics(registry: CollectorRegistry = REGISTRY) -> GatewayMetrics:
         ),
         audit_pending=Gauge(
             "gpuplane_audit_pending", "Audit records waiting to be written to PostgreSQL.", registry=registry
-        ),
-        lost_answers=Counter(
-            "gpuplane_api_lost_answers_total",
-            "Inference requests no router held any more while their answer never came, by what was done "
-            "(retried, failed).",
-            ["action"],
-            registry=registry,
         ),
     )

@@ -23,22 +23,40 @@ METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 
 
 class Telemetry:
-    def __init__(self, app: ASGIApp) -> None:
+    """Counts and times every request; with ``tracing`` (an OTLP exporter is set) also a server span each.
+
+    Without an exporter no span is made at all: an unrecorded span still costs a context switch per request.
+    """
+
+    def __init__(self, app: ASGIApp, *, tracing: bool = True) -> None:
         self.app = app
         self.metrics = http_metrics()
         self.tracer = trace.get_tracer("gpuplane.http")
+        self.tracing = tracing
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        correlation = headers.get(CORRELATION_HTTP_HEADER.lower()) or uuid.uuid4().hex
+        correlation = _header(scope, CORRELATION_KEY) or uuid.uuid4().hex
         token = set_correlation_id(correlation)
         method: str = scope["method"]
         started = time.perf_counter()
         status = 500
+        extra: list[tuple[bytes, bytes]] = [(CORRELATION_KEY, correlation.encode())]
+
+        async def send_with_ids(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message = {**message, "headers": [*message.get("headers", []), *extra]}
+            await send(message)
+
         try:
+            if not self.tracing:
+                await self.app(scope, receive, send_with_ids)
+                return
+            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
             with self.tracer.start_as_current_span(
                 f"{method} {scope['path']}",
                 context=propagate.extract(headers),
@@ -46,21 +64,10 @@ class Telemetry:
                 attributes={"http.request.method": method, "url.path": scope["path"]},
             ) as span:
                 context = span.get_span_context()
-
-                async def send_with_ids(message: Message) -> None:
-                    nonlocal status
-                    if message["type"] == "http.response.start":
-                        status = message["status"]
-                        extra = [(CORRELATION_HTTP_HEADER.lower().encode(), correlation.encode())]
-                        if context.is_valid:
-                            trace_id = format_trace_id(context.trace_id)
-                            extra.append((TRACE_ID_HEADER.lower().encode(), trace_id.encode()))
-                            extra.append(
-                                (b"traceresponse", f"00-{trace_id}-{format_span_id(context.span_id)}-01".encode())
-                            )
-                        message = {**message, "headers": [*message.get("headers", []), *extra]}
-                    await send(message)
-
+                if context.is_valid:
+                    trace_id = format_trace_id(context.trace_id)
+                    extra.append((TRACE_ID_HEADER.lower().encode(), trace_id.encode()))
+                    extra.append((b"traceresponse", f"00-{trace_id}-{format_span_id(context.span_id)}-01".encode()))
                 await self.app(scope, receive, send_with_ids)
                 route = getattr(scope.get("route"), "path", None)
                 if span.is_recording():
@@ -74,3 +81,13 @@ class Telemetry:
             self.metrics.requests.labels(label, route, str(status)).inc()
             self.metrics.duration.labels(label, route).observe(time.perf_counter() - started)
             reset_correlation_id(token)
+
+
+CORRELATION_KEY = CORRELATION_HTTP_HEADER.lower().encode()
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key.lower() == name:
+            return str(value.decode("latin-1"))
+    return None

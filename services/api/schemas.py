@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -210,42 +210,131 @@ class LoginIn(BaseModel):
 
 # --------------------------------------------------------------------------- inference (OpenAI-compatible)
 #
-# The /v1 bodies are checked by hand (routes/inference.py) so that a bad one gets OpenAI's error shape;
-# these models only document them in OpenAPI. Unknown fields pass through to the worker untouched.
+# parse_body (routes/inference.py) validates each /v1 body against its model below, then forwards the body as the
+# client sent it, less gpuplane's own fields: a field not named here passes through untouched (the engine may know
+# it); a field named here must have its type. Strict, because the engine gets what the client sent: "5" is not 5.
+# A refusal quotes the field's description, so each says what the field allows.
+
+_OPEN = ConfigDict(extra="allow", strict=True)
+
+ChatRole = Literal["system", "user", "assistant", "tool", "developer", "function"]
+
+_NonEmptyText = Annotated[str, Field(min_length=1)]
+_TokenIds = Annotated[list[int], Field(min_length=1)]
+
+
+def _optional(description: str, **constraints: Any) -> Any:
+    """An optional field (null is the same as left out, as OpenAI reads it)."""
+    return Field(default=None, description=description, **constraints)
+
+
+class StreamOptionsIn(BaseModel):
+    model_config = _OPEN
+
+    include_usage: bool | None = _optional(
+        "true or false: true ends the stream with a chunk holding `usage` (and no choices)."
+    )
+
+
+class ChatMessageIn(BaseModel):
+    """One message of a chat; fields not named here (audio, refusal...) pass through."""
+
+    model_config = _OPEN
+
+    role: ChatRole = Field(description="Who wrote it: system, user, assistant, tool or developer (function: legacy).")
+    content: str | list[dict[str, Any]] | None = _optional(
+        "Its text, or a list of content parts (objects: text, image_url...); null on an assistant's tool calls."
+    )
+    name: str | None = _optional("A name for its author: a string.")
+    tool_calls: list[dict[str, Any]] | None = _optional("An assistant's tool calls: a list of objects.")
+    tool_call_id: str | None = _optional("The tool call a tool message answers: a string.")
+
+
+class ResponseFormatIn(BaseModel):
+    model_config = _OPEN
+
+    type: str = Field(description="text, json_object or json_schema (with `json_schema`).")
+
+
+class ToolIn(BaseModel):
+    model_config = _OPEN
+
+    type: str = Field(description='"function" (with `function`: name, description, parameters).')
+    function: dict[str, Any] | None = _optional("The function: an object with its name, description and parameters.")
 
 
 class GpuplaneFieldsIn(BaseModel):
     """gpuplane's own fields, taken out of the body before it is forwarded."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = _OPEN
 
-    model: str = Field(description="The model to run; GET /v1/models lists them.")
-    priority: str | None = Field(
-        default=None, description="high, normal (default) or low; also the X-Gpuplane-Priority header."
+    model: str = Field(min_length=1, description="The model to run: a non-empty string (GET /v1/models lists them).")
+    priority: str | None = _optional("high, normal (default) or low; also the X-Gpuplane-Priority header.")
+    exclusive_gpu: str | None = _optional("Run alone on this GPU: cuda:N, or host/cuda:N where several hosts serve.")
+
+
+class SamplingIn(GpuplaneFieldsIn):
+    """What chat and text completions share."""
+
+    stream: bool | None = Field(default=False, description="true or false: true answers with server-sent events.")
+    stream_options: StreamOptionsIn | None = _optional("With `stream`: an object, {include_usage: true or false}.")
+    max_tokens: int | None = _optional("The most tokens to generate: an integer of at least 1.", ge=1)
+    temperature: float | None = _optional("Sampling temperature: a number from 0 to 2.", ge=0, le=2)
+    top_p: float | None = _optional("Nucleus sampling: a number from 0 to 1.", ge=0, le=1)
+    n: int | None = _optional("How many choices to generate: an integer from 1 to 128.", ge=1, le=128)
+    stop: str | list[str] | None = _optional("Where to stop generating: a string or a list of strings.")
+    presence_penalty: float | None = _optional("Penalty on tokens already used: a number from -2 to 2.", ge=-2, le=2)
+    frequency_penalty: float | None = _optional(
+        "Penalty by how often a token was used: a number from -2 to 2.", ge=-2, le=2
     )
-    exclusive_gpu: str | None = Field(
-        default=None, description="Run alone on this GPU: cuda:N, or host/cuda:N where several hosts serve."
+    seed: int | None = _optional("For reproducible sampling: an integer.")
+    user: str | None = _optional("Who the end user is: a string.")
+    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = _optional(
+        "Bias per token id: an object whose values are numbers from -100 to 100."
     )
 
 
-class ChatCompletionIn(GpuplaneFieldsIn):
+class ChatCompletionIn(SamplingIn):
     """Body of POST /v1/chat/completions (OpenAI's shape)."""
 
-    messages: list[dict[str, Any]] = Field(description="At least one message.")
-    stream: bool = Field(default=False, description="Answer with server-sent events.")
+    messages: list[ChatMessageIn] = Field(
+        min_length=1, description="The conversation so far: a non-empty list of message objects."
+    )
+    max_completion_tokens: int | None = _optional("The most tokens to generate: an integer of at least 1.", ge=1)
+    logprobs: bool | None = _optional("true or false: true returns each output token's log probability.")
+    top_logprobs: int | None = _optional("With `logprobs`: an integer from 0 to 20.", ge=0, le=20)
+    response_format: ResponseFormatIn | None = _optional("An object: {type: text, json_object or json_schema}.")
+    tools: list[ToolIn] | None = _optional("Tools the model may call: a list of tool objects.")
+    tool_choice: str | dict[str, Any] | None = _optional("none, auto, required, or an object naming a tool.")
+    parallel_tool_calls: bool | None = _optional("true or false.")
 
 
-class CompletionIn(GpuplaneFieldsIn):
+class CompletionIn(SamplingIn):
     """Body of POST /v1/completions (OpenAI's shape)."""
 
-    prompt: str | list[Any]
-    stream: bool = Field(default=False, description="Answer with server-sent events.")
+    prompt: (
+        str | Annotated[list[str], Field(min_length=1)] | _TokenIds | Annotated[list[_TokenIds], Field(min_length=1)]
+    ) = Field(description="A string, or a non-empty list of strings, of token ids or of token-id lists.")
+    logprobs: int | None = _optional("Log probabilities of the most likely tokens: an integer from 0 to 5.", ge=0, le=5)
+    echo: bool | None = _optional("true or false: true repeats the prompt in the answer.")
+    best_of: int | None = _optional("Candidates to choose from: an integer from 1 to 20.", ge=1, le=20)
+    suffix: str | None = _optional("Text after the completion: a string.")
 
 
 class EmbeddingIn(GpuplaneFieldsIn):
     """Body of POST /v1/embeddings (OpenAI's shape); not streamed."""
 
-    input: str | list[str] = Field(description="One text or a non-empty list of texts.")
+    input: (
+        _NonEmptyText
+        | Annotated[list[_NonEmptyText], Field(min_length=1)]
+        | _TokenIds
+        | Annotated[list[_TokenIds], Field(min_length=1)]
+    ) = Field(
+        description="A non-empty string, or a non-empty list of non-empty strings, of token ids or of token-id lists."
+    )
+    encoding_format: Literal["float", "base64"] | None = _optional("float (default) or base64.")
+    dimensions: int | None = _optional("Dimensions of the vectors: an integer of at least 1.", ge=1)
+    user: str | None = _optional("Who the end user is: a string.")
 
 
 class OpenAIErrorDetail(BaseModel):
@@ -264,7 +353,7 @@ class OpenAIErrorOut(BaseModel):
 class ModelCardOut(BaseModel):
     id: str
     object: str = "model"
-    created: int = 0
+    created: int = Field(description="Unix seconds: when this gateway first listed the model (stable while it runs).")
     owned_by: str = "gpuplane"
     group: str = Field(description="The model group it is loaded with.")
     kind: str = Field(description="chat, completion or embedding.")

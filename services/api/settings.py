@@ -7,15 +7,19 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
+from services.router.settings import RouterSettings
 from shared.errors import ConfigError
 from shared.names import Name
 from shared.secrets import admin_token_file, read_secret
-from shared.settings import DEFAULT_HTTP_PORT, CommonSettings, is_loopback
+from shared.settings import DEFAULT_HTTP_PORT, is_loopback
 
 MIB = 1024 * 1024
 
 
-class ApiSettings(CommonSettings):
+class ApiSettings(RouterSettings):
+    """The gateway's settings; it hosts a data plane, so the router's settings (GPUPLANE_ROUTING_POLICY, the
+    queue, retries, batching) apply to its /v1 requests too."""
+
     http_host: str = Field(default="127.0.0.1", description="Address to listen on (0.0.0.0 in a container).")
     http_port: int = Field(default=DEFAULT_HTTP_PORT, ge=1, le=65535, description="Port to listen on.")
     database_url: str | None = Field(
@@ -63,20 +67,15 @@ class ApiSettings(CommonSettings):
         default=30.0, gt=0, description="How often the inference keys are re-read (other gateways' changes)."
     )
 
-    # Lost answers.
+    # Lost answers of requests the data plane sent through a worker over NATS.
     answer_check_interval_s: float = Field(
-        default=2.0, gt=0, description="How often to ask the routers about requests whose answers are long in coming."
+        default=2.0, gt=0, description="How often to ask workers about tasks whose answers are long in coming."
     )
     answer_check_after_s: float = Field(
-        default=5.0, ge=0, description="Requests out this long are asked about (their answer may have been lost)."
+        default=5.0, ge=0, description="Tasks out this long are asked about (their answer may have been lost)."
     )
     answer_grace_s: float = Field(
-        default=2.0, gt=0, description="A request no router holds is lost if still unanswered this long after."
-    )
-    lost_request_bound_s: float = Field(
-        default=30.0,
-        gt=0,
-        description="Longest a request whose answer was lost waits before its one retry is given up (503).",
+        default=2.0, gt=0, description="A task no worker holds is lost if still unanswered this long after."
     )
 
     @field_validator("http_host")

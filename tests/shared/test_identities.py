@@ -55,11 +55,11 @@ ONLY_PUBLISHER = [
     (ORCHESTRATOR_APPLY, {Identity.API}),
     (DETECTOR_RESCAN, {Identity.API}),
     (ROUTER_INFER, {Identity.API}),
-    (worker_task("vm", "vm-cuda0"), {Identity.ROUTER}),
+    (worker_task("vm", "vm-cuda0"), {Identity.ROUTER, Identity.API}),  # the gateway hosts a dispatcher
     (worker_status("vm", "vm-cuda0"), {Identity.WORKER}),
     (worker_status("evil", "evil-cuda0"), set()),
     (stream_chunks(ServiceName.ROUTER, "r1", "t1"), {Identity.WORKER}),
-    (stream_chunks(ServiceName.API, "a1", "q1"), {Identity.ROUTER}),
+    (stream_chunks(ServiceName.API, "a1", "q1"), {Identity.ROUTER, Identity.WORKER}),
     (audit("config_save"), {Identity.API}),
     (heartbeat(ServiceName.PLANNER), {Identity.PLANNER}),
     ("$JS.API.STREAM.CREATE.GPUPLANE_EVENTS", {Identity.ADMIN}),

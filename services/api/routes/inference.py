@@ -1,55 +1,61 @@
-"""/v1: OpenAI-compatible inference, placed by a router over NATS.
+"""/v1: OpenAI-compatible inference, placed by the gateway's own router core and sent straight to an engine.
 
-The gateway only checks the body's shape, takes gpuplane's own fields out and forwards it; errors on these
-paths use OpenAI's shape (``{"error": {...}}``) so OpenAI clients can read them.
+The gateway checks the body against the models that document it, takes gpuplane's own fields out and forwards
+the rest (``services.api.dataplane``); errors on these paths use OpenAI's shape (``{"error": {...}}``) so
+OpenAI clients can read them.
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
 import logging
 import math
 import re
+import time
 import uuid
-from collections.abc import AsyncGenerator, Callable, Coroutine
-from dataclasses import dataclass, field
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from typing import Annotated, Any
 
-import anyio
 from fastapi import APIRouter, Header, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.routing import APIRoute
-from pydantic import BaseModel
-from starlette.background import BackgroundTask
+from pydantic import BaseModel, ValidationError
 
 from services.api.access import Principal, priority_allowed
-from services.api.bodies import BodyProblem, parse_json
-from services.api.deps import BusDep, GatewayState, PrincipalDep, StateDep
+from services.api.bodies import BodyProblem, model_problem, parse_json
+from services.api.dataplane import body_bytes, open_stream, usage_of
+from services.api.deps import DataPlaneDep, GatewayState, PrincipalDep, StateDep
 from services.api.metrics import gateway_metrics
-from services.api.routes.router_state import loaded_on, router_state
+from services.api.routes.router_state import RouterStateDep, loaded_on
 from services.api.schemas import (
     ChatCompletionIn,
     CompletionIn,
     EmbeddingIn,
+    GpuplaneFieldsIn,
     ModelCardOut,
     ModelListOut,
     OpenAIErrorOut,
 )
-from shared.bus.base import Bus, Delivery, Subscription
-from shared.contracts import InferenceKind, InferenceRequest, InferenceResult, Priority, ServiceName, StreamChunk
+from services.router.core.lifecycle import Answer
+from services.router.dispatcher import Dispatcher
+from services.router.transports import StreamMeta
+from shared.contracts import (
+    InferenceKind,
+    InferenceRequest,
+    Priority,
+    RouterState,
+)
 from shared.errors import (
-    BusError,
-    BusUnavailable,
+    ERRORS,
     Forbidden,
     GpuplaneError,
     InvalidRequest,
     NoResponders,
+    NotFound,
     RemoteError,
-    RequestTimeout,
+    error_code,
 )
-from shared.subjects import stream_chunks
 
 log = logging.getLogger("gpuplane.api.inference")
 
@@ -87,35 +93,21 @@ def retry_after(value: str | None, default_s: int) -> int:
 
 
 def error_response(exc: GpuplaneError, retry_after_s: int) -> JSONResponse:
-    """The OpenAI-shaped answer to an error met while serving a /v1 request."""
-    retry = str(retry_after_s)
-    if isinstance(exc, InvalidRequest):
-        return openai_error(400, str(exc), type_="invalid_request_error", param=exc.field)
-    if isinstance(exc, Forbidden):
-        return openai_error(403, str(exc), type_="permission_error", param=exc.field, code="forbidden")
-    if isinstance(exc, RemoteError):
-        msg, code = exc.remote_message, exc.code
-        if code == "bad_request":
-            return openai_error(400, msg, type_="invalid_request_error", param=exc.field)
-        if code == "not_found":
-            return openai_error(404, msg, type_="not_found_error", param=exc.field)
-        if code == "overloaded":
-            wait = str(retry_after(exc.context.get("retry_after_s"), retry_after_s))
-            return openai_error(429, msg, type_="rate_limit_error", code=code, retry_after=wait)
-        if code == "conflict":
-            return openai_error(409, msg, type_="invalid_request_error", code=code)
-        if code == "unavailable":
-            return openai_error(503, msg, type_="server_error", code=code, retry_after=retry)
-        return openai_error(500 if code == "internal" else 502, msg, type_="server_error", code=code)
+    """The OpenAI-shaped answer to an error met while serving a /v1 request, as the table ``ERRORS`` says."""
+    kind = ERRORS[error_code(exc)]
+    message = exc.remote_message if isinstance(exc, RemoteError) else str(exc)
     if isinstance(exc, NoResponders):
-        return openai_error(503, "no router is running", type_="server_error", code="no_router", retry_after=retry)
-    if isinstance(exc, RequestTimeout):
-        return openai_error(504, str(exc), type_="server_error", code="timeout", retry_after=retry)
-    if isinstance(exc, BusUnavailable):
-        return openai_error(503, str(exc), type_="server_error", code="unavailable", retry_after=retry)
-    if isinstance(exc, BusError):
-        return openai_error(502, str(exc), type_="server_error", code="bad_gateway")
-    return openai_error(500, str(exc), type_="server_error", code="internal")
+        message = "no router is running"  # the only responder a /v1 route asks; its subject means nothing to clients
+    context: dict[str, str] = getattr(exc, "context", {})
+    wait = str(retry_after(context.get("retry_after_s"), retry_after_s)) if kind.retry_after else None
+    return openai_error(
+        kind.openai_status,
+        message,
+        type_=kind.openai_type,
+        param=getattr(exc, "field", None),
+        code=kind.openai_code,
+        retry_after=wait,
+    )
 
 
 class OpenAIRoute(APIRoute):
@@ -135,12 +127,12 @@ class OpenAIRoute(APIRoute):
                     log.warning("%s %s: %d %s", request.method, request.url.path, response.status_code, exc)
                 return response
             except RequestValidationError as exc:
-                # Only a malformed header or query can get here: bodies are checked by hand.
+                # Only a malformed header or path can get here: parse_body validates the bodies.
                 first = exc.errors()[0] if exc.errors() else {}
                 loc = first.get("loc") or ("request",)
-                return openai_error(
-                    400, str(first.get("msg", "invalid request")), type_="invalid_request_error", param=str(loc[-1])
-                )
+                kind = ERRORS["bad_request"]
+                message = str(first.get("msg", "invalid request"))
+                return openai_error(kind.openai_status, message, type_=kind.openai_type, param=str(loc[-1]))
 
         return guarded
 
@@ -157,9 +149,24 @@ ANSWERS: dict[int | str, dict[str, Any]] = {
 
 
 def _body_doc(model: type[BaseModel]) -> dict[str, Any]:
-    """The request body for OpenAPI, as the route reads it by hand."""
-    schema = {"content": {"application/json": {"schema": model.model_json_schema()}}, "required": True}
-    return {"requestBody": schema}
+    """The request body for OpenAPI, as ``parse_body`` validates it (the route reads the body itself)."""
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+    schema = _inline(schema, defs)
+    return {"requestBody": {"content": {"application/json": {"schema": schema}}, "required": True}}
+
+
+def _inline(node: Any, defs: dict[str, Any]) -> Any:
+    """``node`` with each ``#/$defs/X`` replaced by X itself: in the OpenAPI document those refs would point at
+    nothing (its definitions live under components, where an operation's extras cannot add any)."""
+    if isinstance(node, dict):
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/$defs/"):
+            return _inline(defs[ref.removeprefix("#/$defs/")], defs)
+        return {key: _inline(value, defs) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_inline(item, defs) for item in node]
+    return node
 
 
 # --------------------------------------------------------------------------- the body
@@ -176,64 +183,63 @@ class ParsedBody:
     stream: bool
 
 
+BODY_MODELS: dict[InferenceKind, type[GpuplaneFieldsIn]] = {
+    InferenceKind.CHAT: ChatCompletionIn,
+    InferenceKind.COMPLETION: CompletionIn,
+    InferenceKind.EMBEDDING: EmbeddingIn,
+}
+"""The model each kind's body must match (and OpenAPI shows)."""
+
+GPUPLANE_FIELDS = frozenset({"priority", "exclusive_gpu"})
+"""gpuplane's own fields: read here, never forwarded (an engine would refuse them, or read them its own way)."""
+
+
+_PRIORITIES = {p.value: p for p in Priority}
+
+
 def _priority(value: object, where: str) -> Priority:
-    if isinstance(value, str):
-        try:
-            return Priority(value.strip().lower())
-        except ValueError:
-            pass
+    found = _PRIORITIES.get(value.strip().lower()) if isinstance(value, str) else None
+    if found is not None:
+        return found
     choices = ", ".join(p.value for p in Priority)
     raise InvalidRequest(f"{where} must be one of {choices}, not {value!r}", field=where)
 
 
-def _is_nonempty_text_list(value: object) -> bool:
-    return isinstance(value, list) and bool(value) and all(isinstance(v, str) and v for v in value)
-
-
 def parse_body(kind: InferenceKind, raw: object, priority_header: str | None = None) -> ParsedBody:
-    """Check what the gateway relies on (the rest is the worker's to judge); ``InvalidRequest`` names the field.
+    """Validate ``raw`` against its kind's model (``InvalidRequest`` names the field and what it allows) and
+    take gpuplane's own fields out of it. A ``priority`` in the body wins over the header.
 
-    A ``priority`` in the body wins over the header.
+    What is forwarded is ``raw`` itself less those fields, not the model dumped again: fields the model does not
+    name reach the engine exactly as sent, and nothing is spent re-serialising.
     """
     if not isinstance(raw, dict):
         raise InvalidRequest("the request body must be a JSON object")
-    body = dict(raw)
-    model = body.get("model")
-    if not isinstance(model, str) or not model.strip():
-        raise InvalidRequest("model is required: a non-empty string (GET /v1/models lists them)", field="model")
-    if kind is InferenceKind.CHAT:
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
-            raise InvalidRequest("messages is required: a non-empty list of message objects", field="messages")
-    elif kind is InferenceKind.COMPLETION:
-        prompt = body.get("prompt")
-        if not isinstance(prompt, str) and not (isinstance(prompt, list) and prompt):
-            raise InvalidRequest("prompt is required: a string or a non-empty list", field="prompt")
-    else:
-        text = body.get("input")
-        if not (isinstance(text, str) and text) and not _is_nonempty_text_list(text):
-            raise InvalidRequest("input is required: a non-empty string or list of non-empty strings", field="input")
-    stream = body.get("stream", False)
-    if stream is None:
-        stream = False
-    if not isinstance(stream, bool):
-        raise InvalidRequest("stream must be true or false", field="stream")
-    if stream and kind is InferenceKind.EMBEDDING:
-        raise InvalidRequest("embeddings cannot be streamed", field="stream")
+    model = BODY_MODELS[kind]
+    try:
+        valid = model.model_validate(raw)
+    except ValidationError as exc:
+        problem = model_problem(exc, raw, model)
+        raise InvalidRequest(problem.message, field=problem.field) from None
+    if not valid.model.strip():
+        raise InvalidRequest("model: must not be blank (GET /v1/models lists the models)", field="model")
+    stream = raw.get("stream")
+    if kind is InferenceKind.EMBEDDING and stream is not None and stream is not False:
+        raise InvalidRequest("stream: embeddings cannot be streamed (leave it out, or false)", field="stream")
 
     priority = Priority.NORMAL
     if priority_header is not None:
         priority = _priority(priority_header, PRIORITY_HEADER)
-    if "priority" in body:
-        value = body.pop("priority")
-        if value is not None:
-            priority = _priority(value, "priority")
-    exclusive = body.pop("exclusive_gpu", None)
-    if exclusive is not None and not (isinstance(exclusive, str) and _EXCLUSIVE_GPU.match(exclusive)):
+    if valid.priority is not None:
+        priority = _priority(valid.priority, "priority")
+    exclusive = valid.exclusive_gpu
+    if exclusive is not None and not _EXCLUSIVE_GPU.match(exclusive):
         raise InvalidRequest(
             f'exclusive_gpu must be "cuda:N" or "host/cuda:N", not {exclusive!r}', field="exclusive_gpu"
         )
-    return ParsedBody(model=model, body=body, priority=priority, exclusive_gpu=exclusive, stream=stream)
+    body = dict(raw)  # a copy: the caller's dict stays as it was
+    for name in GPUPLANE_FIELDS:
+        body.pop(name, None)
+    return ParsedBody(model=valid.model, body=body, priority=priority, exclusive_gpu=exclusive, stream=stream is True)
 
 
 async def _read_json(request: Request) -> object:
@@ -260,7 +266,7 @@ def header_text(text: str, limit: int = 300) -> str:
     return clean if len(clean) <= limit else clean[: limit - 3] + "..."
 
 
-def result_headers(state: GatewayState, result: InferenceResult) -> dict[str, str]:
+def result_headers(state: GatewayState, result: Answer) -> dict[str, str]:
     return {
         "X-Gpuplane-Gpu": _gpu_header(state, result.host, result.device),
         "X-Gpuplane-Worker": result.worker_id,
@@ -272,157 +278,19 @@ def result_headers(state: GatewayState, result: InferenceResult) -> dict[str, st
     }
 
 
-def chunk_headers(state: GatewayState, request_id: str, chunk: StreamChunk) -> dict[str, str]:
-    headers = {
-        "X-Gpuplane-Request-Id": request_id,
-        "X-Gpuplane-Attempts": str(chunk.attempt),
+def stream_headers(state: GatewayState, meta: StreamMeta) -> dict[str, str]:
+    return {
+        "X-Gpuplane-Gpu": _gpu_header(state, meta.host, meta.device),
+        "X-Gpuplane-Worker": meta.worker_id,
+        "X-Gpuplane-Route": meta.route.value,
+        "X-Gpuplane-Request-Id": meta.request_id,
+        "X-Gpuplane-Attempts": str(meta.attempt),
         "Cache-Control": "no-cache",
     }
-    if chunk.device is not None and chunk.host is not None:
-        headers["X-Gpuplane-Gpu"] = _gpu_header(state, chunk.host, chunk.device)
-    if chunk.worker_id is not None:
-        headers["X-Gpuplane-Worker"] = chunk.worker_id
-    if chunk.route is not None:
-        headers["X-Gpuplane-Route"] = chunk.route.value
-    return headers
 
 
-def sse(data: object) -> str:
-    return f"data: {json.dumps(data, separators=(',', ':'))}\n\n"
-
-
-SSE_DONE = "data: [DONE]\n\n"
-
-
-def sse_error(message: str) -> str:
-    return sse({"error": {"message": message, "type": "server_error"}})
-
-
-@dataclass
-class ChunkStream:
-    """One streamed request: its chunk subscription and its bus request, closed exactly once."""
-
-    sub: Subscription
-    request: asyncio.Task[InferenceResult]
-    chunks: asyncio.Queue[StreamChunk]
-    closed: bool = False
-    pending: dict[int, StreamChunk] = field(default_factory=dict)
-
-    async def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        self.request.cancel()
-        # Shielded: this also runs when the client went away and the response's scope is being cancelled.
-        with anyio.CancelScope(shield=True):
-            await self.sub.unsubscribe()
-            await asyncio.wait({self.request})
-        if not self.request.cancelled():
-            self.request.exception()  # retrieved on purpose: a failure after the stream ended helps nobody
-
-    async def next_chunk(self) -> StreamChunk | None:
-        """The next chunk to arrive; None when the request ended and no chunk followed in time (the request's
-        outcome then says why)."""
-        if self.chunks.empty() and not self.request.done():
-            getter = asyncio.ensure_future(self.chunks.get())
-            try:
-                await asyncio.wait({getter, self.request}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                got = getter.done()
-                if not got:  # the request ended first, or this wait was cancelled
-                    getter.cancel()
-            if got:
-                return getter.result()
-        if not self.chunks.empty():
-            return self.chunks.get_nowait()
-        if self.request.cancelled() or self.request.exception() is not None:
-            return None
-        # Answered: chunks sent before the answer may still be on their way (handlers run concurrently).
-        try:
-            return await asyncio.wait_for(self.chunks.get(), CHUNK_GRACE_S)
-        except TimeoutError:
-            return None
-
-    def failure(self) -> str:
-        """Why the stream stopped short: an error chunk stuck behind a lost one, else the request's error."""
-        stuck = next((c.error for _, c in sorted(self.pending.items()) if c.error is not None), None)
-        if stuck is not None:
-            return stuck
-        if self.request.done() and not self.request.cancelled():
-            exc = self.request.exception()
-            if isinstance(exc, RemoteError):
-                return exc.remote_message
-            if exc is not None:
-                return str(exc)
-        return "the stream ended without its last chunk"
-
-    async def events(self, first: StreamChunk) -> AsyncGenerator[str, None]:
-        """Server-sent events in ``seq`` order, ending with ``[DONE]`` after the last chunk or an error."""
-        try:
-            chunk: StreamChunk | None = first
-            next_seq = 0
-            while chunk is not None:
-                if chunk.seq >= next_seq:  # an earlier seq is a duplicate: already sent
-                    self.pending[chunk.seq] = chunk
-                while next_seq in self.pending:
-                    ready = self.pending.pop(next_seq)
-                    next_seq += 1
-                    if ready.error is not None:
-                        yield sse_error(ready.error)
-                        yield SSE_DONE
-                        return
-                    if ready.data is not None:
-                        yield sse(ready.data)
-                    if ready.done:
-                        yield SSE_DONE
-                        return
-                chunk = await self.next_chunk()
-            yield sse_error(self.failure())
-            yield SSE_DONE
-        finally:
-            await self.close()
-
-
-async def _stream(state: GatewayState, bus: Bus, request: InferenceRequest) -> Response:
-    """Subscribe to the chunks first, then ask; answer with the stream once its first chunk arrives, or with
-    the error the router gave before any chunk."""
-    subject = stream_chunks(ServiceName.API, state.instance, request.request_id)
-    chunks: asyncio.Queue[StreamChunk] = asyncio.Queue()
-    received = asyncio.Event()
-
-    async def on_chunk(chunk: StreamChunk, _: Delivery) -> None:
-        received.set()
-        await chunks.put(chunk)
-
-    sub = await bus.subscribe(subject, StreamChunk, on_chunk)
-    ask = request.model_copy(update={"stream_subject": subject})
-    # A lost answer is sent again only while nothing of it has arrived: two generations must not mix.
-    task = asyncio.create_task(
-        state.inflight.ask(bus, ask, may_retry=lambda: not received.is_set()), name=f"infer {request.request_id}"
-    )
-    stream = ChunkStream(sub, task, chunks)
-    response: StreamingResponse | None = None
-    try:
-        first = await stream.next_chunk()
-        if first is None:
-            result = task.result()  # raises the router's error, if it gave one
-            raise BusError(f"the router answered request {result.request_id} without streaming any chunk")
-        response = StreamingResponse(
-            stream.events(first),
-            media_type="text/event-stream",
-            headers=chunk_headers(state, request.request_id, first),
-            # Also closes the stream when the client left before the body started (the generator never ran).
-            background=BackgroundTask(stream.close),
-        )
-        return response
-    finally:
-        if response is None:  # an error, or this request cancelled: nothing will read the chunks
-            await stream.close()
-
-
-def count_usage(who: str, body: dict[str, Any] | None) -> None:
+def count_usage(who: str, usage: dict[str, Any] | None) -> None:
     """Tokens per key name, as the engine reported them in the answer's ``usage``."""
-    usage = body.get("usage") if isinstance(body, dict) else None
     if not isinstance(usage, dict):
         return
     metrics = gateway_metrics()
@@ -439,13 +307,13 @@ async def infer(
     kind: InferenceKind,
     request: Request,
     state: GatewayState,
-    bus: Bus,
+    plane: Dispatcher,
     principal: Principal,
     priority_header: str | None,
 ) -> Response:
     metrics = gateway_metrics()
     try:
-        response = await _serve(kind, request, state, bus, principal, priority_header)
+        response = await _serve(kind, request, state, plane, principal, priority_header)
     except GpuplaneError:
         metrics.key_requests.labels(principal.name, "error").inc()
         raise
@@ -457,7 +325,7 @@ async def _serve(
     kind: InferenceKind,
     request: Request,
     state: GatewayState,
-    bus: Bus,
+    plane: Dispatcher,
     principal: Principal,
     priority_header: str | None,
 ) -> Response:
@@ -478,12 +346,15 @@ async def _serve(
         exclusive_gpu=parsed.exclusive_gpu,
     )
     if parsed.stream:
-        return await _stream(state, bus, ask)
-    result = await state.inflight.ask(bus, ask)
-    count_usage(principal.name, result.body)
-    if result.body is None:
-        raise BusError(f"the router answered request {result.request_id} without a body")
-    return JSONResponse(result.body, headers=result_headers(state, result))
+        sink, task = await open_stream(plane, ask)
+        assert sink.meta is not None
+        return StreamingResponse(
+            sink.events(task), media_type="text/event-stream", headers=stream_headers(state, sink.meta)
+        )
+    answer = await plane.submit(ask)
+    raw = body_bytes(answer)
+    count_usage(principal.name, usage_of(raw))
+    return Response(raw, media_type="application/json", headers=result_headers(state, answer))
 
 
 PriorityHeader = Annotated[
@@ -499,11 +370,11 @@ PriorityHeader = Annotated[
     summary="Chat completion (OpenAI-compatible)",
 )
 async def chat_completions(
-    request: Request, state: StateDep, bus: BusDep, who: PrincipalDep, priority: PriorityHeader = None
+    request: Request, state: StateDep, plane: DataPlaneDep, who: PrincipalDep, priority: PriorityHeader = None
 ) -> Response:
     """OpenAI's chat completion, served by the worker a router picks; `stream: true` answers with
     server-sent events. X-Gpuplane-Gpu, -Worker and -Route say who served it and why."""
-    return await infer(InferenceKind.CHAT, request, state, bus, who, priority)
+    return await infer(InferenceKind.CHAT, request, state, plane, who, priority)
 
 
 @router.post(
@@ -513,10 +384,10 @@ async def chat_completions(
     summary="Text completion (OpenAI-compatible)",
 )
 async def completions(
-    request: Request, state: StateDep, bus: BusDep, who: PrincipalDep, priority: PriorityHeader = None
+    request: Request, state: StateDep, plane: DataPlaneDep, who: PrincipalDep, priority: PriorityHeader = None
 ) -> Response:
     """OpenAI's (legacy) text completion; `stream: true` answers with server-sent events."""
-    return await infer(InferenceKind.COMPLETION, request, state, bus, who, priority)
+    return await infer(InferenceKind.COMPLETION, request, state, plane, who, priority)
 
 
 @router.post(
@@ -526,25 +397,70 @@ async def completions(
     summary="Embeddings (OpenAI-compatible)",
 )
 async def embeddings(
-    request: Request, state: StateDep, bus: BusDep, who: PrincipalDep, priority: PriorityHeader = None
+    request: Request, state: StateDep, plane: DataPlaneDep, who: PrincipalDep, priority: PriorityHeader = None
 ) -> Response:
     """OpenAI's embeddings; a router may batch several requests into one worker call."""
-    return await infer(InferenceKind.EMBEDDING, request, state, bus, who, priority)
+    return await infer(InferenceKind.EMBEDDING, request, state, plane, who, priority)
+
+
+class FirstListed:
+    """When this gateway first listed each model, in Unix seconds: the ``created`` of its model card.
+
+    Not the catalog file's mtime: that would re-date every model whenever any group changes, and models that
+    workers serve outside the catalog have no file at all. The first time this gateway process listed the model
+    is stable for as long as the process runs (a restarted gateway, or another one, dates the models anew).
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._at: dict[str, int] = {}
+
+    def created(self, model: str) -> int:
+        return self._at.setdefault(model, int(self._clock()))
+
+
+FIRST_LISTED = FirstListed()
+
+KNOWN_SHOWN = 20
+"""Model names a 404 lists at most (the rest are counted)."""
+
+
+def model_cards(state: RouterState, listed: FirstListed) -> list[ModelCardOut]:
+    """A card per model of every group the router knows, with the devices its group is loaded on now."""
+    return [
+        ModelCardOut(
+            id=model.id,
+            created=listed.created(model.id),
+            group=group.group_id,
+            kind=model.kind.value,
+            loaded_on_devices=loaded_on(state, group.group_id),
+        )
+        for group in state.groups
+        for model in group.models
+    ]
+
+
+def unknown_model(model: str, known: list[str]) -> NotFound:
+    """OpenAI's "model does not exist", naming the models there are."""
+    names = ", ".join(known[:KNOWN_SHOWN]) or "none"
+    if len(known) > KNOWN_SHOWN:
+        names += f" and {len(known) - KNOWN_SHOWN} more"
+    return NotFound(f"The model {model!r} does not exist; known models: {names} (GET /v1/models)", field="model")
 
 
 @router.get("/v1/models", response_model=ModelListOut, responses=ANSWERS, summary="Models (OpenAI-compatible)")
-async def list_models(bus: BusDep) -> ModelListOut:
+async def list_models(view: RouterStateDep) -> ModelListOut:
     """Every model of every group the router knows, with the devices its group is loaded on now."""
-    state = await router_state(bus)
-    return ModelListOut(
-        data=[
-            ModelCardOut(
-                id=model.id,
-                group=group.group_id,
-                kind=model.kind.value,
-                loaded_on_devices=loaded_on(state, group.group_id),
-            )
-            for group in state.groups
-            for model in group.models
-        ]
-    )
+    return ModelListOut(data=model_cards(view, FIRST_LISTED))
+
+
+@router.get(
+    "/v1/models/{model:path}", response_model=ModelCardOut, responses=ANSWERS, summary="Model (OpenAI-compatible)"
+)
+async def retrieve_model(model: str, view: RouterStateDep) -> ModelCardOut:
+    """One model's card; 404 names the models there are. The id may hold slashes (``org/name``)."""
+    cards = model_cards(view, FIRST_LISTED)
+    card = next((c for c in cards if c.id == model), None)
+    if card is None:
+        raise unknown_model(model, [c.id for c in cards])
+    return card

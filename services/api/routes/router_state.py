@@ -1,15 +1,15 @@
-"""/api/gpu_stats, /api/models and /api/queue: a router's view of the pools, in the shapes older clients read.
+"""/api/gpu_stats, /api/models and /api/queue: the data plane's view of the pools, in the shapes older clients read.
 
-Each is one ``RouterState`` request; the transforms below are pure so they are tested without HTTP.
+Each is the gateway's own router's ``RouterState``; the transforms below are pure so they are tested without HTTP.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 
-from services.api.deps import BusDep
+from services.api.deps import DataPlaneDep
 from services.api.schemas import (
     DeviceStatsOut,
     ErrorOut,
@@ -22,9 +22,7 @@ from services.api.schemas import (
     RouterQueueOut,
     WorkerQueueOut,
 )
-from shared.bus.base import Bus
-from shared.contracts import DeviceStats, Priority, RouterState, RouterStateRequest, WorkerView
-from shared.subjects import ROUTER_STATE
+from shared.contracts import DeviceStats, Priority, RouterState, WorkerView
 
 router = APIRouter(prefix="/api", tags=["router"])
 
@@ -158,24 +156,28 @@ def queue(state: RouterState) -> QueueOut:
     )
 
 
-async def router_state(bus: Bus) -> RouterState:
-    """One router's state (any router: each sees every worker's figures)."""
-    return await bus.request(ROUTER_STATE, RouterStateRequest(), RouterState)
+async def router_state(plane: DataPlaneDep) -> RouterState:
+    """The state of this gateway's data plane: every worker's figures (as every router sees them), and the
+    queue and decisions of the /v1 requests this gateway placed."""
+    return plane.state()
+
+
+RouterStateDep = Annotated[RouterState, Depends(router_state)]
 
 
 @router.get("/gpu_stats", response_model=GpuStatsOut, responses=UNAVAILABLE, summary="GPU load (older clients)")
-async def get_gpu_stats(bus: BusDep) -> GpuStatsOut:
+async def get_gpu_stats(view: RouterStateDep) -> GpuStatsOut:
     """Utilization and memory (GB) per GPU as the router sees them; the top-level figures are the first GPU's."""
-    return gpu_stats(await router_state(bus))
+    return gpu_stats(view)
 
 
 @router.get("/models", response_model=ModelGroupsOut, responses=UNAVAILABLE, summary="Model groups (older clients)")
-async def get_models(bus: BusDep) -> ModelGroupsOut:
+async def get_models(view: RouterStateDep) -> ModelGroupsOut:
     """Model groups, their models, and on which devices each group is loaded or current."""
-    return model_groups(await router_state(bus))
+    return model_groups(view)
 
 
 @router.get("/queue", response_model=QueueOut, responses=UNAVAILABLE, summary="Router queue and worker load")
-async def get_queue(bus: BusDep) -> QueueOut:
+async def get_queue(view: RouterStateDep) -> QueueOut:
     """Requests waiting in the router by priority, and every worker's slots, load, health and eligibility."""
-    return queue(await router_state(bus))
+    return queue(view)

@@ -82,9 +82,7 @@ class SimulatedBackend:
         plan = await self._acquire(group)
         try:
             if self._config.fail_rate > 0 and self._rng.random() < self._config.fail_rate:
-                raise OperationFailed(
-                    f"simulated failure on {device} (GPUPLANE_FAIL_RATE={self._config.fail_rate:g})"
-                )
+                raise OperationFailed(f"simulated failure on {device} (GPUPLANE_FAIL_RATE={self._config.fail_rate:g})")
             service_s = self._gpu.bodies_service_s(
                 task.model, task.kind, task.bodies, self._rng, self._config.latency_jitter
             )

@@ -42,7 +42,7 @@ async def running_gateway(
     app = create_app(settings or gateway_settings(), bus_factory=factory)
     async with app.router.lifespan_context(app):
         for _ in range(100):
-            if app.state.gateway.bus is not None:
+            if app.state.gateway.dataplane is not None:
                 break
             await asyncio.sleep(0.01)
         async with client_for(app) as client:

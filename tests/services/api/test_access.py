@@ -37,6 +37,8 @@ NOW = datetime(2026, 12, 6, tzinfo=UTC)
         ("POST", "/login", True, Role.PUBLIC),
         ("POST", "/v1/chat/completions", True, Role.INFERENCE),
         ("GET", "/v1/models", True, Role.INFERENCE),
+        ("GET", "/v1/models/qwen-0.5b", True, Role.INFERENCE),
+        ("GET", "/v1/models/org/chat-7b", False, Role.INFERENCE),
         ("GET", "/v1/no-such-thing", True, Role.INFERENCE),
         ("GET", "/api/queue", True, Role.INFERENCE),
         ("POST", "/api/queue", True, Role.ADMIN),

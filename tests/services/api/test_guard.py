@@ -20,13 +20,12 @@ from shared.contracts import (
     ConfigPutRequest,
     ConfigSaved,
     GpuConfig,
-    InferenceRequest,
-    InferenceResult,
     Priority,
-    Route,
+    WorkerTask,
 )
-from shared.subjects import PLANNER_CONFIG_PUT, ROUTER_INFER
+from shared.subjects import PLANNER_CONFIG_PUT
 from tests.services.api.gateway import ADMIN_TOKEN, client_for, gateway_settings, running_gateway
+from tests.services.router.fakes import FakeWorker
 
 NOW = datetime(2026, 12, 6, tzinfo=UTC)
 PUT = {"strategy": "vram_based", "assignments": [{"service": "ai-llm", "gpu_index": 0}]}
@@ -39,7 +38,7 @@ class Door:
     client: httpx.AsyncClient
     bus: MemoryBus
     saves: list[ConfigPutRequest]
-    asked: list[InferenceRequest]
+    asked: list[WorkerTask]
 
     @property
     def state(self) -> GatewayState:
@@ -62,24 +61,18 @@ class Door:
 @pytest.fixture
 async def door(memory_bus: MemoryBus) -> AsyncIterator[Door]:
     saves: list[ConfigPutRequest] = []
-    asked: list[InferenceRequest] = []
 
     async def planner(req: ConfigPutRequest, _: Delivery) -> ConfigSaved:
         saves.append(req)
         return ConfigSaved(config=GpuConfig(strategy=req.strategy, saved=True, revision=len(saves)))
 
-    async def router(req: InferenceRequest, _: Delivery) -> InferenceResult:
-        asked.append(req)
-        body = {"object": "chat.completion", "usage": {"prompt_tokens": 3, "completion_tokens": 5}}
-        return InferenceResult(
-            request_id=req.request_id, body=body, worker_id="w0", device="cuda:0", host="box",
-            route=Route.AFFINITY, group="g", reason="t",
-        )
-
     await memory_bus.subscribe(PLANNER_CONFIG_PUT, ConfigPutRequest, planner)
-    await memory_bus.subscribe(ROUTER_INFER, InferenceRequest, router)
     async with running_gateway(memory_bus) as (app, client):
-        yield Door(app, client, memory_bus, saves, asked)
+        # A worker the gateway's data plane reaches over NATS (it advertises no engine address).
+        worker = await FakeWorker(memory_bus, "w0", slots=8, models=("m",)).start()
+        await memory_bus.settle()
+        yield Door(app, client, memory_bus, saves, worker.tasks)
+        worker.die()
 
 
 async def test_a_change_needs_the_admin_token(door: Door) -> None:
@@ -211,6 +204,7 @@ async def test_bodies_over_the_limit_are_413(memory_bus: MemoryBus) -> None:
     async with running_gateway(memory_bus, gateway_settings(control_body_max_bytes=1024)) as (_, client):
         r = await client.put("/api/system/gpu-config", json={"strategy": "x" * 2000})
         assert r.status_code == 413
+
         async def chunks() -> AsyncIterator[bytes]:
             for _ in range(3):
                 yield b"x" * 600
@@ -220,18 +214,25 @@ async def test_bodies_over_the_limit_are_413(memory_bus: MemoryBus) -> None:
             "/api/system/gpu-config", content=chunks(), headers={"Content-Type": "application/json"}
         )
         assert chunked.status_code == 413
-        big = await client.post("/v1/chat/completions", content=b"{" + b" " * (5 * 1024 * 1024) + b"}",
-                                headers={"Content-Type": "application/json"})
+        big = await client.post(
+            "/v1/chat/completions",
+            content=b"{" + b" " * (5 * 1024 * 1024) + b"}",
+            headers={"Content-Type": "application/json"},
+        )
         assert big.status_code == 413 and big.json()["error"]["type"] == "invalid_request_error"
 
 
 @pytest.mark.parametrize(
     ("body", "loc"),
     [
-        (b'{"strategy": "manual", "assignments": [{"service": "ai-llm", "vram_budget_override": NaN}]}',
-         ["body", "assignments", 0, "vram_budget_override"]),
-        (b'{"strategy": "manual", "assignments": [{"service": "ai-llm", "gpu_index": 2147483648}]}',
-         ["body", "assignments", 0, "gpu_index"]),
+        (
+            b'{"strategy": "manual", "assignments": [{"service": "ai-llm", "vram_budget_override": NaN}]}',
+            ["body", "assignments", 0, "vram_budget_override"],
+        ),
+        (
+            b'{"strategy": "manual", "assignments": [{"service": "ai-llm", "gpu_index": 2147483648}]}',
+            ["body", "assignments", 0, "gpu_index"],
+        ),
         (b'{"strategy": "manual", "assignments": [{"service": "\\ud800"}]}', ["body", "assignments", 0, "service"]),
         (b'{"strategy": "manual", "assignments": [{"service": "ai*star"}]}', ["body", "assignments", 0, "service"]),
         (b'{"strategy": Infinity}', ["body", "strategy"]),

@@ -1,18 +1,19 @@
-"""/api/gpu_stats, /api/models and /api/queue: the pure transforms of a RouterState, and each over HTTP
-with a fake router answering on the in-memory bus."""
+"""/api/gpu_stats, /api/models and /api/queue: the pure transforms of a RouterState, and each over HTTP from
+the gateway's own data plane, fed worker reports on the in-memory bus."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import httpx
 import pytest
+from fastapi import FastAPI
 from pydantic import BaseModel
 
 from services.api.routes.router_state import gpu_stats, model_groups, queue
-from shared.bus.base import Delivery
+from services.router.dispatcher import Dispatcher
 from shared.bus.memory import MemoryBus
 from shared.contracts import (
     DeviceStats,
@@ -20,13 +21,12 @@ from shared.contracts import (
     InferenceKind,
     ModelInfo,
     RouterState,
-    RouterStateRequest,
     WorkerState,
     WorkerStatus,
     WorkerView,
 )
-from shared.errors import NotFound, Overloaded
-from shared.subjects import ROUTER_STATE
+from shared.subjects import worker_status
+from tests.builders import make_worker_status
 from tests.services.api.gateway import running_gateway
 
 # --------------------------------------------------------------------------- builders
@@ -292,39 +292,33 @@ def test_queue_names_every_priority_and_each_workers_load() -> None:
 
 
 @dataclass
-class FakeStateRouter:
-    """Answers ROUTER_STATE with ``state``, or raises ``error``."""
-
-    state: RouterState = field(default_factory=router_state)
-    error: Exception | None = None
-    asked: int = 0
-
-    async def handle(self, _: RouterStateRequest, __: Delivery) -> RouterState:
-        self.asked += 1
-        if self.error is not None:
-            raise self.error
-        return self.state
-
-
-@dataclass
 class Gateway:
     client: httpx.AsyncClient
     bus: MemoryBus
+    app: FastAPI
 
-    async def with_router(self, fake: FakeStateRouter) -> FakeStateRouter:
-        await self.bus.subscribe(ROUTER_STATE, RouterStateRequest, fake.handle)
-        return fake
+    @property
+    def plane(self) -> Dispatcher:
+        plane = self.app.state.gateway.dataplane
+        assert plane is not None
+        return plane
+
+    async def report(self, *statuses: WorkerStatus) -> None:
+        """Workers say how they are, as they do over NATS; the gateway's data plane hears it."""
+        for status in statuses:
+            await self.bus.publish(worker_status(status.host, status.worker_id), status)
+        await self.bus.settle()
 
 
 @pytest.fixture
 async def gateway(memory_bus: MemoryBus) -> AsyncIterator[Gateway]:
-    async with running_gateway(memory_bus) as (_, client):
-        yield Gateway(client, memory_bus)
+    async with running_gateway(memory_bus) as (app, client):
+        yield Gateway(client, memory_bus, app)
 
 
-STATE = router_state(
-    workers=(worker("w0", 0, loaded=("embed",), current="embed"),),
-    devices=(device(0),),
+REPORTED = (
+    make_worker_status("w0", device="cuda:0", host="box", groups=("ge",), models=("embed",), slots=2),
+    make_worker_status("w1", device="cuda:1", host="box", models=("embed",), in_flight=1),
 )
 
 
@@ -332,48 +326,31 @@ STATE = router_state(
     ("path", "transform"),
     [("/api/gpu_stats", gpu_stats), ("/api/models", model_groups), ("/api/queue", queue)],
 )
-async def test_each_endpoint_answers_its_transform_of_one_router_state(
+async def test_each_endpoint_answers_its_transform_of_the_data_plane_state(
     gateway: Gateway, path: str, transform: Callable[[RouterState], BaseModel]
 ) -> None:
-    fake = await gateway.with_router(FakeStateRouter(STATE))
+    await gateway.report(*REPORTED)
 
     r = await gateway.client.get(path)
 
     assert r.status_code == 200
-    assert r.json() == transform(STATE).model_dump(mode="json")
-    assert fake.asked == 1
+    assert r.json() == transform(gateway.plane.state()).model_dump(mode="json")
 
 
-async def test_gpu_stats_over_http_keeps_the_older_shape(gateway: Gateway) -> None:
-    await gateway.with_router(FakeStateRouter(STATE))
+async def test_the_queue_shows_every_worker_that_reported(gateway: Gateway) -> None:
+    await gateway.report(*REPORTED)
 
-    body = (await gateway.client.get("/api/gpu_stats")).json()
+    body = (await gateway.client.get("/api/queue")).json()
 
-    assert body["available"] is True and body["utilization"] == 45.0 and body["memory_percent"] == 52.1
-    assert body["devices"]["cuda:0"]["memory_total"] == 24.0
+    assert [(w["worker_id"], w["in_flight"]) for w in body["workers"]] == [("w0", 0), ("w1", 1)]
 
 
 @pytest.mark.parametrize("path", ["/api/gpu_stats", "/api/models", "/api/queue"])
-async def test_no_router_running_is_503(gateway: Gateway, path: str) -> None:
-    r = await gateway.client.get(path)
+async def test_before_nats_answers_the_state_is_503(memory_bus: MemoryBus, path: str) -> None:
+    async with running_gateway(memory_bus) as (app, client):
+        app.state.gateway.dataplane = None  # as before the first connection
+        r = await client.get(path)
 
     assert r.status_code == 503
     assert r.headers["Retry-After"] == "5"
-    assert "gpuplane.svc.router.state" in r.json()["detail"]
-
-
-@pytest.mark.parametrize(
-    ("error", "status", "retry_after"),
-    [(NotFound("no such thing"), 404, None), (Overloaded("too busy", retry_after_s=7), 429, "7")],
-    ids=["not_found", "overloaded"],
-)
-async def test_new_reply_codes_map_on_non_v1_paths_too(
-    gateway: Gateway, error: Exception, status: int, retry_after: str | None
-) -> None:
-    await gateway.with_router(FakeStateRouter(error=error))
-
-    r = await gateway.client.get("/api/queue")
-
-    assert r.status_code == status
-    assert r.json() == {"detail": str(error)}
-    assert r.headers.get("Retry-After") == retry_after
+    assert "not connected to NATS" in r.json()["detail"]

@@ -24,8 +24,12 @@ def make_backend(vram_mb: int = 20480, *, load_time_s: float = 0.02, **config: A
             update={"groups": tuple(g.model_copy(update={"load_time_s": load_time_s}) for g in catalog.groups)}
         )
     profile = DeviceProfile(device="cuda:0", vram_total_mb=vram_mb, vram_used_mb=0, speed=1.0, slots=3, gpu_index=0)
-    backend = open_backend("simulated", BackendConfig(worker_id="w", host="box", profile=profile, catalog=catalog,
-                                                      wall_clock=lambda: 1700000000.0, **config))
+    backend = open_backend(
+        "simulated",
+        BackendConfig(
+            worker_id="w", host="box", profile=profile, catalog=catalog, wall_clock=lambda: 1700000000.0, **config
+        ),
+    )
     assert isinstance(backend, SimulatedBackend)
     return backend
 
@@ -34,8 +38,9 @@ async def test_first_task_loads_its_group_then_serves() -> None:
     loads: list[LoadResult] = []
     backend = make_backend(on_load=loads.append)
     first = await backend.execute(make_task("big-chat", text="hi"), None)
-    second = await backend.execute(make_task("big-text", kind=InferenceKind.COMPLETION,
-                                             bodies=({"prompt": "p"},)), None)
+    second = await backend.execute(
+        make_task("big-text", kind=InferenceKind.COMPLETION, bodies=({"prompt": "p"},)), None
+    )
     assert first.load == LoadResult(group="big", loaded=True, from_cpu_cache=False, load_s=0.02)
     assert second.load.loaded is False and second.service_s == pytest.approx(0.01)
     assert first.bodies[0]["choices"][0]["message"]["content"] == "[simulated big-chat on cuda:0] You said: hi"
@@ -101,6 +106,55 @@ async def test_streaming_emits_chunks_and_answers_empty() -> None:
     result = await backend.execute(make_task("big-chat"), emit)
     assert result.bodies == ({},) and 2 <= len(chunks) <= 9
     assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+
+
+async def test_created_is_the_wall_clocks_unix_time() -> None:
+    profile = DeviceProfile(device="cuda:0", vram_total_mb=20480, vram_used_mb=0, speed=1.0, slots=1, gpu_index=0)
+    backend = open_backend(
+        "simulated", BackendConfig(worker_id="w", host="box", profile=profile, catalog=make_catalog())
+    )
+    before = int(time.time())
+
+    result = await backend.execute(make_task("big-chat"), None)
+
+    assert before <= result.bodies[0]["created"] <= time.time()
+
+
+@pytest.mark.parametrize(
+    ("extra", "choices", "finish", "completion_tokens"),
+    [
+        ({}, 1, "stop", 8),
+        ({"n": 2}, 2, "stop", 16),
+        ({"n": 3, "max_tokens": 3}, 3, "length", 9),
+        ({"max_completion_tokens": 2, "max_tokens": 5}, 1, "length", 2),
+    ],
+)
+async def test_answers_honour_n_and_the_token_cap(
+    extra: dict[str, Any], choices: int, finish: str, completion_tokens: int
+) -> None:
+    backend = make_backend()
+    body = {"messages": [{"role": "user", "content": "hello there"}], **extra}
+
+    result = await backend.execute(make_task("big-chat", bodies=(body,)), None)
+
+    [answer] = result.bodies
+    assert [c["index"] for c in answer["choices"]] == list(range(choices))
+    assert {c["finish_reason"] for c in answer["choices"]} == {finish}
+    assert answer["usage"]["completion_tokens"] == completion_tokens
+
+
+async def test_a_stream_asked_for_usage_ends_with_it() -> None:
+    backend = make_backend()
+    chunks: list[dict[str, Any]] = []
+
+    async def emit(data: dict[str, Any]) -> None:
+        chunks.append(data)
+
+    body = {"messages": [{"role": "user", "content": "hi"}], "n": 2, "stream_options": {"include_usage": True}}
+    await backend.execute(make_task("big-chat", bodies=(body,)), emit)
+
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 2 * 7
+    assert {c["choices"][0]["index"] for c in chunks[:-1]} == {0, 1}
 
 
 async def test_failures_are_operation_failed() -> None:

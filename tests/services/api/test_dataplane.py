@@ -1,0 +1,392 @@
+"""The gateway's data plane: /v1 requests placed in-process and sent over real HTTP to engines on localhost.
+
+The engines are small aiohttp servers that answer as each test says; their workers' statuses come over the
+in-memory bus, as they come over NATS in a running stack.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pytest
+from aiohttp import web
+
+from services.api.settings import ApiSettings
+from shared.bus.memory import MemoryBus
+from shared.contracts import Inventory, InventorySource, WorkerStatus
+from shared.subjects import inventory, worker_status
+from tests.builders import make_gpu, make_worker_status
+from tests.services.api.gateway import gateway_settings, running_gateway
+
+CHAT = {"model": "chat-x", "messages": [{"role": "user", "content": "hi"}]}
+ENGINE_TOKEN = "engine-token-0123456789abcdef"
+
+Handler = Callable[["FakeEngine", web.Request, dict[str, Any]], Awaitable[web.StreamResponse]]
+
+
+def answer_of(engine: FakeEngine, body: dict[str, Any]) -> bytes:
+    return json.dumps(
+        {
+            "id": "chatcmpl-1",
+            "object": "chat.completion",
+            "model": body.get("model"),
+            "served_by": engine.name,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "hello"}}],
+            "usage": {"prompt_tokens": 2, "completion_tokens": 1, "total_tokens": 3},
+        },
+        separators=(",", ":"),
+    ).encode()
+
+
+async def answers(engine: FakeEngine, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+    if engine.delay_s:
+        await asyncio.sleep(engine.delay_s)
+    if request.path.endswith("/embeddings"):
+        items = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        data = [{"object": "embedding", "index": i, "embedding": [float(len(t))]} for i, t in enumerate(items)]
+        return web.json_response({"object": "list", "data": data, "usage": {"prompt_tokens": len(items)}})
+    return web.Response(body=answer_of(engine, body), content_type="application/json")
+
+
+def failing(status: int, message: str) -> Handler:
+    async def handler(engine: FakeEngine, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        error = {"error": {"message": message, "type": "invalid_request_error"}}
+        return web.json_response(error, status=status)
+
+    return handler
+
+
+def streams(*texts: str, then: str = "done") -> Handler:
+    """SSE chunks of ``texts``; then ``done`` ([DONE]), ``error`` (an error event) or ``die`` (the socket closes)."""
+
+    async def handler(engine: FakeEngine, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for text in texts:
+            chunk = {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": text}}]}
+            await response.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+        if then == "error":
+            await response.write(b'data: {"error": {"message": "the engine ran out of memory"}}\n\n')
+            await response.write(b"data: [DONE]\n\n")
+        elif then == "die":
+            assert request.transport is not None
+            request.transport.close()
+            return response
+        else:
+            await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
+
+    return handler
+
+
+@dataclass
+class FakeEngine:
+    """An OpenAI-compatible engine on a free localhost port, and the worker status that advertises it."""
+
+    bus: MemoryBus
+    name: str
+    device: str = "cuda:0"
+    host: str = "box"
+    models: tuple[str, ...] = ("chat-x", "bge-small-en", "e5-x")
+    slots: int = 8
+    handler: Handler = answers
+    delay_s: float = 0.0
+    seen: list[tuple[str, dict[str, str], dict[str, Any]]] = field(default_factory=list)
+    url: str = ""
+    _runner: web.AppRunner | None = None
+    _beat: asyncio.Task[None] | None = None
+
+    async def start(self) -> FakeEngine:
+        app = web.Application()
+        app.router.add_post("/v1/{path:.*}", self._serve)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = self._runner.addresses[0][1]
+        self.url = f"http://127.0.0.1:{port}/v1"
+        await self.report()
+        self._beat = asyncio.create_task(self._heartbeat())
+        return self
+
+    async def _serve(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        self.seen.append((request.path, dict(request.headers), body))
+        return await self.handler(self, request, body)
+
+    def status(self) -> WorkerStatus:
+        status = make_worker_status(
+            self.name, device=self.device, host=self.host, models=self.models, slots=self.slots, request_count=1
+        )
+        return status.model_copy(update={"engine_url": self.url, "latency_avg_s": 0.01})
+
+    async def report(self) -> None:
+        await self.bus.publish(worker_status(self.host, self.name), self.status())
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            await self.report()
+
+    async def stop(self) -> None:
+        if self._beat is not None:
+            self._beat.cancel()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+@dataclass
+class Plane:
+    client: httpx.AsyncClient
+    bus: MemoryBus
+    engines: list[FakeEngine]
+
+    async def engine(self, name: str, **fields: Any) -> FakeEngine:
+        engine = await FakeEngine(self.bus, name, **fields).start()
+        self.engines.append(engine)
+        await self.bus.settle()
+        return engine
+
+
+@pytest.fixture
+async def plane(memory_bus: MemoryBus) -> AsyncIterator[Plane]:
+    settings = gateway_settings(engine_token=ENGINE_TOKEN, unplaceable_timeout_s=1.0, embedding_batch_window_s=0.05)
+    async with running_gateway(memory_bus, settings) as (_, client):
+        p = Plane(client, memory_bus, [])
+        yield p
+        for engine in p.engines:
+            await engine.stop()
+
+
+def sse_events(text: str) -> list[str]:
+    return [part.removeprefix("data: ") for part in text.split("\n\n") if part.strip()]
+
+
+# --------------------------------------------------------------------------- whole answers
+
+
+async def test_the_engines_bytes_come_back_as_they_were_with_who_served_them(plane: Plane) -> None:
+    engine = await plane.engine("w0")
+
+    r = await plane.client.post("/v1/chat/completions", json=CHAT)
+
+    assert r.status_code == 200
+    assert r.content == answer_of(engine, CHAT)
+    assert r.headers["X-Gpuplane-Worker"] == "w0" and r.headers["X-Gpuplane-Gpu"] == "cuda:0"
+    assert r.headers["X-Gpuplane-Attempts"] == "1" and r.headers["X-Gpuplane-Route"]
+    [(path, headers, body)] = engine.seen
+    assert path == "/v1/chat/completions" and body == CHAT
+    assert headers["Authorization"] == f"Bearer {ENGINE_TOKEN}"
+    assert headers["X-Gpuplane-Request-Id"] == r.headers["X-Gpuplane-Request-Id"]
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/completions", {"model": "chat-x", "prompt": "once upon"}),
+        ("/v1/embeddings", {"model": "e5-x", "input": "a"}),
+    ],
+)
+async def test_each_route_reaches_the_engines_same_route(plane: Plane, path: str, body: dict[str, Any]) -> None:
+    engine = await plane.engine("w0")
+
+    r = await plane.client.post(path, json=body)
+
+    assert r.status_code == 200, r.text
+    assert engine.seen[0][0] == path
+
+
+@pytest.mark.parametrize(
+    ("header", "in_body", "expected"),
+    [(None, None, "normal"), ("low", None, "low"), (" HIGH ", None, "high"), ("low", "high", "high")],
+)
+async def test_priority_reaches_the_engine_and_gpuplane_fields_do_not(
+    plane: Plane, header: str | None, in_body: str | None, expected: str
+) -> None:
+    engine = await plane.engine("w0")
+    body: dict[str, Any] = {**CHAT, "exclusive_gpu": "cuda:0"}
+    if in_body is not None:
+        body["priority"] = in_body
+    headers = {"X-Gpuplane-Priority": header} if header is not None else {}
+
+    r = await plane.client.post("/v1/chat/completions", json=body, headers=headers)
+
+    assert r.status_code == 200
+    _, seen_headers, seen_body = engine.seen[0]
+    assert seen_headers["X-Gpuplane-Priority"] == expected
+    assert seen_headers["X-Gpuplane-Exclusive"] == "1"
+    assert seen_body == CHAT
+
+
+async def test_the_gpu_header_names_the_host_when_several_hosts_reported(plane: Plane) -> None:
+    for host in ("a", "box"):
+        await plane.bus.publish(
+            inventory(host), Inventory(host=host, source=InventorySource.SIMULATED, gpus=(make_gpu(0),))
+        )
+    await plane.engine("w0", device="cuda:0", host="box")
+
+    r = await plane.client.post("/v1/chat/completions", json=CHAT)
+
+    assert r.headers["X-Gpuplane-Gpu"] == "box/cuda:0"
+
+
+async def test_embeddings_arriving_together_go_as_one_batch_and_come_back_split(plane: Plane) -> None:
+    engine = await plane.engine("w0")
+    bodies = [{"model": "e5-x", "input": ["a", "bb"]}, {"model": "e5-x", "input": "ccc"}]
+
+    replies = await asyncio.gather(*(plane.client.post("/v1/embeddings", json=b) for b in bodies))
+
+    assert [r.status_code for r in replies] == [200, 200]
+    assert len(engine.seen) == 1 and engine.seen[0][2]["input"] == ["a", "bb", "ccc"]
+    assert [[d["embedding"] for d in r.json()["data"]] for r in replies] == [[[1.0], [2.0]], [[3.0]]]
+    assert [[d["index"] for d in r.json()["data"]] for r in replies] == [[0, 1], [0]]
+
+
+async def test_equal_idle_engines_share_a_burst(plane: Plane) -> None:
+    engines = [await plane.engine(f"w{i}", device=f"cuda:{i}", delay_s=0.02) for i in range(2)]
+
+    replies = await asyncio.gather(*(plane.client.post("/v1/chat/completions", json=CHAT) for _ in range(40)))
+
+    assert all(r.status_code == 200 for r in replies)
+    shares = sorted(len(e.seen) for e in engines)
+    assert shares[0] >= 16, f"split {shares}: no worse than 60/40"
+
+
+# --------------------------------------------------------------------------- failures
+
+
+@pytest.mark.parametrize(
+    ("status", "answered", "kind"),
+    [(400, 400, "invalid_request_error"), (404, 404, "not_found_error"), (422, 400, "invalid_request_error")],
+)
+async def test_the_engines_refusal_is_the_clients_answer_not_retried(
+    plane: Plane, status: int, answered: int, kind: str
+) -> None:
+    refusal = failing(status, "max_tokens is too large for this model")
+    first = await plane.engine("w0", handler=refusal)
+    other = await plane.engine("w1", device="cuda:1", handler=refusal)
+
+    r = await plane.client.post("/v1/chat/completions", json=CHAT)
+
+    assert r.status_code == answered
+    assert r.json()["error"]["type"] == kind and "max_tokens is too large" in r.json()["error"]["message"]
+    assert len(first.seen) + len(other.seen) == 1
+
+
+async def test_an_engine_failure_is_retried_once_on_another_engine(plane: Plane) -> None:
+    broken = await plane.engine("w0", handler=failing(500, "CUDA error"))
+    healthy = await plane.engine("w1", device="cuda:1")
+    broken.delay_s = healthy.delay_s = 0.0
+    # Whichever engine is chosen first, the answer comes from the healthy one.
+    r = await plane.client.post("/v1/chat/completions", json=CHAT)
+
+    assert r.status_code == 200 and r.json()["served_by"] == "w1"
+    if broken.seen:
+        assert r.headers["X-Gpuplane-Attempts"] == "2" and r.headers["X-Gpuplane-Route"] == "retry"
+
+
+async def test_an_engine_that_is_gone_loses_no_request(plane: Plane) -> None:
+    gone = await plane.engine("w0")
+    await gone.stop()  # its last status still says it is there
+    healthy = await plane.engine("w1", device="cuda:1")
+
+    replies = await asyncio.gather(*(plane.client.post("/v1/chat/completions", json=CHAT) for _ in range(6)))
+
+    assert [r.status_code for r in replies] == [200] * 6
+    assert len(healthy.seen) == 6
+
+
+async def test_an_unknown_model_is_404_at_once_naming_the_models(plane: Plane) -> None:
+    await plane.engine("w0")
+
+    r = await plane.client.post("/v1/chat/completions", json={**CHAT, "model": "nope"})
+
+    assert r.status_code == 404 and r.json()["error"]["param"] == "model"
+    assert "chat-x" in r.json()["error"]["message"]
+
+
+async def test_an_embedding_model_asked_to_chat_is_400(plane: Plane) -> None:
+    await plane.engine("w0")
+
+    r = await plane.client.post("/v1/chat/completions", json={**CHAT, "model": "bge-small-en"})
+
+    assert r.status_code == 400 and r.json()["error"]["param"] == "model"
+    assert "/v1/embeddings" in r.json()["error"]["message"]
+
+
+async def test_exclusive_use_of_a_gpu_that_cannot_serve_the_model_is_400_at_once(plane: Plane) -> None:
+    await plane.engine("w0", device="cuda:0")
+    await plane.engine("w1", device="cuda:1", models=("e5-x",))
+
+    r = await plane.client.post("/v1/chat/completions", json={**CHAT, "exclusive_gpu": "cuda:1"})
+
+    assert r.status_code == 400 and r.json()["error"]["param"] == "exclusive_gpu"
+    assert "GPUs that can: cuda:0" in r.json()["error"]["message"]
+
+
+async def test_no_engine_for_a_known_model_is_503_after_the_wait(plane: Plane) -> None:
+    await plane.engine("w0", models=("e5-x",))
+
+    r = await plane.client.post("/v1/chat/completions", json={**CHAT, "model": "llama3-8b-instruct"})
+
+    assert r.status_code == 503 and r.json()["error"]["code"] == "unavailable"
+    assert "Retry-After" in r.headers
+
+
+# --------------------------------------------------------------------------- streams
+
+
+async def test_a_stream_is_relayed_chunk_by_chunk_with_who_serves_it(plane: Plane) -> None:
+    await plane.engine("w0", handler=streams("he", "llo"))
+
+    r = await plane.client.post("/v1/chat/completions", json={**CHAT, "stream": True})
+
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+    assert r.headers["X-Gpuplane-Worker"] == "w0" and r.headers["X-Gpuplane-Gpu"] == "cuda:0"
+    events = sse_events(r.text)
+    assert [json.loads(e)["choices"][0]["delta"]["content"] for e in events[:-1]] == ["he", "llo"]
+    assert events[-1] == "[DONE]"
+
+
+@pytest.mark.parametrize("then", ["error", "die"])
+async def test_a_stream_broken_off_ends_with_an_error_event_and_is_not_sent_twice(plane: Plane, then: str) -> None:
+    first = await plane.engine("w0", handler=streams("he", then=then))
+    second = await plane.engine("w1", device="cuda:1", handler=streams("he", then=then))
+
+    r = await plane.client.post("/v1/chat/completions", json={**CHAT, "stream": True})
+
+    events = sse_events(r.text)
+    assert json.loads(events[0])["choices"][0]["delta"]["content"] == "he"
+    assert "error" in json.loads(events[-2]) and events[-1] == "[DONE]"
+    assert len(first.seen) + len(second.seen) == 1
+
+
+async def test_an_error_before_the_first_chunk_is_a_plain_http_error(plane: Plane) -> None:
+    await plane.engine("w0", handler=failing(400, "bad stop sequence"))
+
+    r = await plane.client.post("/v1/chat/completions", json={**CHAT, "stream": True})
+
+    assert r.status_code == 400 and "bad stop sequence" in r.json()["error"]["message"]
+
+
+async def test_a_gateway_without_an_engine_token_sends_none(memory_bus: MemoryBus) -> None:
+    async with running_gateway(memory_bus, gateway_settings()) as (_, client):
+        engine = await FakeEngine(memory_bus, "w0").start()
+        await memory_bus.settle()
+        try:
+            r = await client.post("/v1/chat/completions", json=CHAT)
+        finally:
+            await engine.stop()
+
+    assert r.status_code == 200 and "Authorization" not in engine.seen[0][1]
+
+
+def test_the_gateways_settings_carry_the_routers() -> None:
+    settings = ApiSettings(nats_url="nats://memory", api_token="x" * 20, routing_policy="p2c", retry_attempts=2)
+    assert (settings.routing_policy, settings.retry_attempts) == ("p2c", 2)
