@@ -134,7 +134,9 @@ class BudgetCase:
 BUDGETS = [
     BudgetCase("one retry after a failure", lost=False, rules={"retry_attempts": 1}, attempts_before_answer=2),
     BudgetCase("no retry allowed", lost=False, rules={"retry_attempts": 0}, attempts_before_answer=1),
-    BudgetCase("two requeues after a lost worker", lost=True, rules={"lost_worker_requeues": 2}, attempts_before_answer=3),
+    BudgetCase(
+        "two requeues after a lost worker", lost=True, rules={"lost_worker_requeues": 2}, attempts_before_answer=3
+    ),
 ]
 
 
