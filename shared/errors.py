@@ -166,6 +166,15 @@ class RequestTimeout(BusError):
         self.timeout_s = timeout_s
 
 
+class DeadlinePassed(RequestTimeout):
+    """A request's own deadline passed before its answer came (answered like a bus timeout: 504)."""
+
+    def __init__(self, what: str, timeout_s: float) -> None:
+        GpuplaneError.__init__(self, f"no answer within {timeout_s:g} s ({what})")
+        self.subject = what
+        self.timeout_s = timeout_s
+
+
 class BusUnavailable(BusError):
     """Not connected to NATS (and the operation cannot be buffered)."""
 

@@ -35,7 +35,7 @@ class ApiSettings(RouterSettings):
     inference_timeout_s: float = Field(
         default=600.0,
         gt=0,
-        description="How long the gateway waits for a router's answer to an inference request (queueing included).",
+        description="Longest a /v1 request may wait for its answer (for a stream: its first chunk), queueing included.",
     )
 
     # Access.

@@ -7,6 +7,7 @@ OpenAI clients can read them.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import re
@@ -48,6 +49,7 @@ from shared.contracts import (
 )
 from shared.errors import (
     ERRORS,
+    DeadlinePassed,
     Forbidden,
     GpuplaneError,
     InvalidRequest,
@@ -144,7 +146,7 @@ ANSWERS: dict[int | str, dict[str, Any]] = {
     404: {"model": OpenAIErrorOut, "description": "No such model (or GPU for `exclusive_gpu`)."},
     429: {"model": OpenAIErrorOut, "description": "The router's queue is full; see Retry-After."},
     503: {"model": OpenAIErrorOut, "description": "No router is running, or no worker can serve now."},
-    504: {"model": OpenAIErrorOut, "description": "No answer within GPUPLANE_INFERENCE_TIMEOUT_S."},
+    504: {"model": OpenAIErrorOut, "description": "No answer within GPUPLANE_INFERENCE_TIMEOUT_S (queueing included)."},
 }
 
 
@@ -345,13 +347,20 @@ async def _serve(
         priority=parsed.priority,
         exclusive_gpu=parsed.exclusive_gpu,
     )
+    limit_s = state.settings.inference_timeout_s
     if parsed.stream:
-        sink, task = await open_stream(plane, ask)
+        try:
+            sink, task = await asyncio.wait_for(open_stream(plane, ask), limit_s)
+        except TimeoutError:
+            raise DeadlinePassed("GPUPLANE_INFERENCE_TIMEOUT_S, to the first chunk", limit_s) from None
         assert sink.meta is not None
         return StreamingResponse(
             sink.events(task), media_type="text/event-stream", headers=stream_headers(state, sink.meta)
         )
-    answer = await plane.submit(ask)
+    try:
+        answer = await asyncio.wait_for(plane.submit(ask), limit_s)
+    except TimeoutError:
+        raise DeadlinePassed("GPUPLANE_INFERENCE_TIMEOUT_S", limit_s) from None
     raw = body_bytes(answer)
     count_usage(principal.name, usage_of(raw))
     return Response(raw, media_type="application/json", headers=result_headers(state, answer))

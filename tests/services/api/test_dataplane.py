@@ -390,3 +390,17 @@ async def test_a_gateway_without_an_engine_token_sends_none(memory_bus: MemoryBu
 def test_the_gateways_settings_carry_the_routers() -> None:
     settings = ApiSettings(nats_url="nats://memory", api_token="x" * 20, routing_policy="p2c", retry_attempts=2)
     assert (settings.routing_policy, settings.retry_attempts) == ("p2c", 2)
+
+
+async def test_a_request_past_the_inference_timeout_is_504(memory_bus: MemoryBus) -> None:
+    settings = gateway_settings(inference_timeout_s=0.2)
+    async with running_gateway(memory_bus, settings) as (app, client):
+        engine = await FakeEngine(memory_bus, "w0", delay_s=1.0).start()
+        await memory_bus.settle()
+        try:
+            r = await client.post("/v1/chat/completions", json=CHAT)
+        finally:
+            await engine.stop()
+
+    assert r.status_code == 504 and r.json()["error"]["code"] == "timeout"
+    assert "GPUPLANE_INFERENCE_TIMEOUT_S" in r.json()["error"]["message"]
