@@ -35,6 +35,7 @@ from shared.errors import GpuplaneError, InvalidRequest, NotFound, OperationFail
 from shared.fleet import LatestInventories
 from shared.modelgroups import ModelCatalog
 from shared.subjects import INVENTORY_ALL, WORKER_STATUS_ALL
+from shared.telemetry import tracing_wanted
 
 log = logging.getLogger("gpuplane.router")
 decisions_log = logging.getLogger("gpuplane.router.decisions")
@@ -146,7 +147,10 @@ class Dispatcher:
             answers=AnswerWatch(settings.answer_check_after_s, settings.answer_grace_s),
             clock=clock,
         )
-        self.transport = EngineTransport(HttpEngine(token=engine_token, timeout_s=settings.task_timeout_s), self.nats)
+        http = HttpEngine(
+            token=engine_token, timeout_s=settings.task_timeout_s, tracing=tracing_wanted(settings.otlp_endpoint)
+        )
+        self.transport = EngineTransport(http, self.nats)
         self.inventories = LatestInventories()
         self.peaks: dict[tuple[str, str], float] = {}
         self.out: dict[int, _Out] = {}

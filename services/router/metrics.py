@@ -53,7 +53,9 @@ def router_metrics(registry: CollectorRegistry = REGISTRY) -> RouterMetrics:
             registry=registry,
         ),
         queue_depth=Gauge(
-            "gpuplane_router_queue_depth", "Requests waiting in this router, by priority.", ["priority"],
+            "gpuplane_router_queue_depth",
+            "Requests waiting in this router, by priority.",
+            ["priority"],
             registry=registry,
         ),
         retries=Counter(

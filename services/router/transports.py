@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import aiohttp
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind
 
 from services.router.core.lifecycle import Delivered, Send
 from shared.answers import AnswerWatch
@@ -156,7 +158,11 @@ def _engine_message(raw: bytes, status: int) -> str:
 class HttpEngine:
     """Requests straight to an engine's OpenAI-compatible API over one shared keep-alive pool."""
 
-    def __init__(self, *, token: str | None, timeout_s: float, connect_timeout_s: float = 3.0) -> None:
+    def __init__(
+        self, *, token: str | None, timeout_s: float, connect_timeout_s: float = 3.0, tracing: bool = False
+    ) -> None:
+        self._tracing = tracing
+        self._tracer = trace.get_tracer("gpuplane.router.http")
         self._headers = {"Content-Type": "application/json"}
         if token:
             self._headers["Authorization"] = f"Bearer {token}"
@@ -181,6 +187,19 @@ class HttpEngine:
             await self._session.close()
 
     async def call(self, send: Send, sink: ChunkSink | None) -> Delivered:
+        if not self._tracing:
+            return await self._call(send, sink, {})
+        status = send.record.status
+        with self._tracer.start_as_current_span(
+            f"POST {PATHS[send.pending.first.kind]}",
+            kind=SpanKind.CLIENT,
+            attributes={"http.request.method": "POST", "gpuplane.worker": status.worker_id},
+        ):
+            carrier: dict[str, str] = {}
+            propagate.inject(carrier)
+            return await self._call(send, sink, carrier)
+
+    async def _call(self, send: Send, sink: ChunkSink | None, trace_headers: dict[str, str]) -> Delivered:
         pending = send.pending
         status = send.record.status
         assert status.engine_url is not None
@@ -192,6 +211,7 @@ class HttpEngine:
             body = first.body
         headers = {
             **self._headers,
+            **trace_headers,
             "X-Gpuplane-Request-Id": first.request_id,
             "X-Gpuplane-Priority": pending.priority.value,
             "X-Gpuplane-Attempt": str(pending.attempt),

@@ -19,6 +19,7 @@ and frees its slot. With a token set (``GPUPLANE_ENGINE_TOKEN[_FILE]``) every ro
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -28,11 +29,14 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind
 
 from services.worker.backends.base import AnswerAbandoned
 from shared.contracts import InferenceKind, Priority, WorkerResult, WorkerTask
 from shared.errors import ERRORS, ConfigError, GpuplaneError, InvalidRequest, Overloaded, error_code
 from shared.settings import is_loopback
+from shared.telemetry import tracing_wanted
 
 if TYPE_CHECKING:
     from services.worker.service import Worker
@@ -171,7 +175,10 @@ class Engine:
         self._token = settings.engine_bearer()
         self._runner: web.AppRunner | None = None
         self._active = 0
+        self._admission = asyncio.Semaphore(settings.task_concurrency_limit)
         self._created = int(time.time())
+        self._tracing = tracing_wanted(settings.otlp_endpoint)
+        self._tracer = trace.get_tracer("gpuplane.worker.engine")
         self.url: str | None = None
 
     def app(self) -> web.Application:
@@ -267,7 +274,18 @@ class Engine:
 
     def _inference_handler(self, kind: InferenceKind) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         async def handle(request: web.Request) -> web.StreamResponse:
-            return await self._infer(request, kind)
+            if not self._tracing:
+                return await self._infer(request, kind)
+            # The data plane's span is the parent: one trace from the gateway to the engine.
+            with self._tracer.start_as_current_span(
+                f"{request.method} {request.path}",
+                context=propagate.extract(dict(request.headers)),
+                kind=SpanKind.SERVER,
+                attributes={"http.request.method": request.method, "url.path": request.path},
+            ) as span:
+                response = await self._infer(request, kind)
+                span.set_attribute("http.response.status_code", response.status)
+                return response
 
         return handle
 
@@ -275,10 +293,6 @@ class Engine:
         worker = self._worker
         try:
             worker.check_accepting()
-            if self._active >= self._settings.task_concurrency_limit:
-                raise Overloaded(
-                    f"worker {worker.identity.worker_id} holds {self._active} requests already", RETRY_AFTER_S
-                )
             body = await self._body(request)
             task, streamed = self._task(request, kind, body)
         except GpuplaneError as exc:
@@ -288,6 +302,9 @@ class Engine:
             GROUP_HEADER: task.group,
             REQUEST_ID_HEADER: task.request_ids[0],
         }
+        # Past the limit a request waits here, unread by the pool, as a task does in its NATS client: the
+        # routers bound what they send (slots plus GPUPLANE_WORKER_QUEUE_LIMIT), so this only caps memory.
+        await self._admission.acquire()
         self._active += 1
         try:
             if streamed:
@@ -298,6 +315,7 @@ class Engine:
                 return error_response(exc, headers)
         finally:
             self._active -= 1
+            self._admission.release()
         headers[GROUP_HEADER] = result.group
         headers[SERVICE_MS_HEADER] = _ms(result.service_s)
         headers[LOAD_MS_HEADER] = _ms(result.load_s)

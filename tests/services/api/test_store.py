@@ -21,15 +21,13 @@ from shared.contracts import (
     ConfigPutRequest,
     ConfigSaved,
     GpuConfig,
-    InferenceRequest,
-    InferenceResult,
-    Route,
 )
 from shared.database import make_engine
-from shared.subjects import AUDIT_ALL, PLANNER_CONFIG_PUT, ROUTER_INFER
+from shared.subjects import AUDIT_ALL, PLANNER_CONFIG_PUT
 from tests.migrations import downgrade_to_base, drift_from_migrations
 from tests.realdeps import Postgres
 from tests.services.api.gateway import client_for, gateway_settings, running_gateway
+from tests.services.router.fakes import FakeWorker
 
 pytestmark = pytest.mark.integration
 
@@ -53,21 +51,17 @@ async def gateway(memory_bus: MemoryBus, postgres: Postgres) -> AsyncIterator[Ga
     async def planner(req: ConfigPutRequest, _: Delivery) -> ConfigSaved:
         return ConfigSaved(config=GpuConfig(strategy=req.strategy, saved=True, revision=7))
 
-    async def router(req: InferenceRequest, _: Delivery) -> InferenceResult:
-        return InferenceResult(
-            request_id=req.request_id, body={"ok": True}, worker_id="w0", device="cuda:0", host="box",
-            route=Route.AFFINITY, group="g", reason="t",
-        )
-
     await memory_bus.subscribe(PLANNER_CONFIG_PUT, ConfigPutRequest, planner)
-    await memory_bus.subscribe(ROUTER_INFER, InferenceRequest, router)
     url = postgres.fresh_database()
     async with running_gateway(memory_bus, gateway_settings(database_url=url)) as (app, client):
+        # A worker the gateway's data plane reaches over NATS, serving the model /v1 asks for.
+        worker = await FakeWorker(memory_bus, "w0", slots=8, models=(str(CHAT["model"]),)).start()
         for _ in range(200):
             if app.state.gateway.store is not None:
                 break
             await asyncio.sleep(0.05)
         yield Gateway(app, client, url)
+        worker.die()
 
 
 async def test_a_key_is_shown_once_stored_hashed_works_on_v1_and_is_revoked(gateway: Gateway) -> None:
