@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from shared.contracts import GroupInfo, InferenceKind, ModelInfo
 from shared.errors import ConfigError
@@ -54,6 +54,7 @@ class ModelCatalog(BaseModel):
 
     groups: tuple[GroupEntry, ...] = Field(min_length=1)
     cpu_reload_fraction: float = Field(default=0.2, gt=0, le=1)
+    _by_model: dict[str, tuple[GroupEntry, ModelEntry]] | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _unique(self) -> ModelCatalog:
@@ -69,16 +70,23 @@ class ModelCatalog(BaseModel):
                         f"model {model.id!r} is in both group {seen_models[model.id]!r} and group {group.id!r}"
                     )
                 seen_models[model.id] = group.id
+        self._by_model = {m.id: (g, m) for g in self.groups for m in g.models}
         return self
 
     def group(self, group_id: str) -> GroupEntry | None:
         return next((g for g in self.groups if g.id == group_id), None)
 
     def group_of(self, model_id: str) -> GroupEntry | None:
-        return next((g for g in self.groups if any(m.id == model_id for m in g.models)), None)
+        return self._index().get(model_id, (None, None))[0]
 
     def model(self, model_id: str) -> ModelEntry | None:
-        return next((m for g in self.groups for m in g.models if m.id == model_id), None)
+        return self._index().get(model_id, (None, None))[1]
+
+    def _index(self) -> dict[str, tuple[GroupEntry, ModelEntry]]:
+        """Model id -> its group and entry, built once: every request looks its model up."""
+        if self._by_model is None:
+            self._by_model = {m.id: (g, m) for g in self.groups for m in g.models}
+        return self._by_model
 
     def group_id_for(self, model_id: str) -> str:
         """The group a model loads with; a model missing from the catalog is a group of its own."""

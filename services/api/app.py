@@ -17,6 +17,7 @@ from services.api.access import Credentials, KeyTable, SessionCodec, is_inferenc
 from services.api.audit import AuditTrail
 from services.api.deps import GatewayState
 from services.api.events import EVENT_KINDS
+from services.api.fastpath import InferenceFastPath
 from services.api.guard import Guard
 from services.api.observe import Telemetry
 from services.api.routes import access, backup, console, events, gpu_config, health, inference, router_state, system
@@ -195,7 +196,9 @@ def create_app(settings: ApiSettings, *, bus_factory: BusFactory = nats_bus_fact
     app.state.crashed = None
     for module in (system, gpu_config, backup, health, router_state, inference, access, events, console):
         app.include_router(module.router)
-    # Added last is outermost: telemetry sees (and counts) what the guard refuses.
+    # Added last is outermost: telemetry sees (and counts) what the guard refuses; the guard checks what the
+    # inference fast path answers.
+    app.add_middleware(InferenceFastPath, state=state, routes=list(app.routes))
     app.add_middleware(Guard, state=state)
     app.add_middleware(Telemetry, tracing=tracing_wanted(settings.otlp_endpoint))
 

@@ -28,23 +28,30 @@ def sse_error(message: str) -> bytes:
 
 
 class SseSink:
-    """A streamed answer's chunks as server-sent event bytes, queued for the response to send."""
+    """A streamed answer's chunks as server-sent event bytes, queued for the response to send.
+
+    One queue and no extra waits per chunk: the request's end (answered or failed) closes the queue too.
+    """
 
     def __init__(self) -> None:
         self.meta: StreamMeta | None = None
-        self.begun = asyncio.Event()
+        self.begun: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.queue: asyncio.Queue[bytes | None] = asyncio.Queue()
         self.ended = False
 
     async def begin(self, meta: StreamMeta) -> None:
         self.meta = meta
-        self.begun.set()
+        if not self.begun.done():
+            self.begun.set_result(None)
 
     async def data(self, payload: bytes) -> None:
         if not self.ended:
             self.queue.put_nowait(b"data: " + payload + b"\n\n")
 
     async def end(self, error: str | None) -> None:
+        self._end(error)
+
+    def _end(self, error: str | None) -> None:
         if self.ended:
             return
         self.ended = True
@@ -53,20 +60,18 @@ class SseSink:
         self.queue.put_nowait(SSE_DONE)
         self.queue.put_nowait(None)
 
+    def request_done(self, request: asyncio.Task[Answer]) -> None:
+        """The request ended: whoever waits for the first chunk or the next one hears of it."""
+        if not self.begun.done():
+            self.begun.set_result(None)
+        if not self.ended and self.meta is not None:
+            self._end(_failure(request))
+
     async def events(self, request: asyncio.Task[Answer]) -> AsyncIterator[bytes]:
         """The events in order until ``[DONE]``; a request that fails without ending the stream ends it here."""
+        del request  # its end reaches the queue through request_done
         while True:
-            if self.queue.empty() and request.done() and not self.ended:
-                await self.end(_failure(request))
-            if self.queue.empty():
-                getter = asyncio.ensure_future(self.queue.get())
-                await asyncio.wait({getter, request}, return_when=asyncio.FIRST_COMPLETED)
-                if not getter.done():
-                    getter.cancel()
-                    continue
-                item = getter.result()
-            else:
-                item = self.queue.get_nowait()
+            item = await self.queue.get()
             if item is None:
                 return
             yield item
@@ -86,14 +91,12 @@ async def open_stream(plane: Dispatcher, request: InferenceRequest) -> tuple[Sse
     """
     sink = SseSink()
     task = asyncio.create_task(plane.submit(request, sink), name=f"stream {request.request_id}")
-    begun = asyncio.ensure_future(sink.begun.wait())
+    task.add_done_callback(sink.request_done)
     try:
-        await asyncio.wait({begun, task}, return_when=asyncio.FIRST_COMPLETED)
+        await sink.begun
     except asyncio.CancelledError:
         task.cancel()
         raise
-    finally:
-        begun.cancel()
     if sink.meta is None:
         task.result()  # raises the placement's or the engine's error
         raise OperationFailed(f"request {request.request_id} was answered without streaming any chunk")

@@ -11,7 +11,8 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any
 
 from services.router.core.lifecycle import Answer, Delivered, Lifecycle, LifecycleRules, Send
 from services.router.core.policies import RoutingPolicy, make_policy
@@ -92,7 +93,8 @@ class _Committing:
 @dataclass
 class _Out:
     send: Send
-    lost: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[Any] | None
+    lost: bool = False
     why: str = "it went away with the request"
 
 
@@ -294,7 +296,7 @@ class Dispatcher:
             task.add_done_callback(self._tasks.discard)
 
     async def _dispatch(self, send: Send) -> None:
-        out = _Out(send)
+        out = _Out(send, asyncio.current_task())
         key = id(out)
         self.out[key] = out
         sink = send.pending.sink
@@ -315,20 +317,14 @@ class Dispatcher:
             self.pump()
 
     async def _carry(self, out: _Out, sink: ChunkSink | None) -> Delivered:
-        """The transport's answer, or ``WorkerLost`` as soon as the worker is known to be gone."""
-        call = asyncio.ensure_future(self.transport.call(out.send, sink))
-        lost = asyncio.ensure_future(out.lost.wait())
+        """The transport's answer, or ``WorkerLost`` as soon as the worker is known to be gone
+        (``_worker_lost`` cancels this task; no second future waits beside every request)."""
         try:
-            await asyncio.wait({call, lost}, return_when=asyncio.FIRST_COMPLETED)
+            return await self.transport.call(out.send, sink)
         except asyncio.CancelledError:
-            call.cancel()
+            if out.lost and out.task is not None and out.task.uncancel() == 0:
+                raise WorkerLost(f"worker {out.send.placement.worker_id}: {out.why}") from None
             raise
-        finally:
-            lost.cancel()
-        if call.done():
-            return call.result()
-        call.cancel()
-        raise WorkerLost(f"worker {out.send.placement.worker_id}: {out.why}")
 
     def _failed(self, send: Send, exc: GpuplaneError, *, lost: bool) -> None:
         pending = send.pending
@@ -342,10 +338,12 @@ class Dispatcher:
 
     def _worker_lost(self, worker_id: str, why: str) -> None:
         for out in self.out.values():
-            if out.send.placement.worker_id == worker_id and not out.lost.is_set():
+            if out.send.placement.worker_id == worker_id and not out.lost:
                 log.warning("worker %s lost (%s): moving request %s", worker_id, why, out.send.pending.first.request_id)
                 out.why = why
-                out.lost.set()
+                out.lost = True
+                if out.task is not None:
+                    out.task.cancel()
 
     # ------------------------------------------------------------------ state
 

@@ -13,7 +13,7 @@ import math
 import re
 import time
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -22,6 +22,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
+from starlette.background import BackgroundTask
 
 from services.api.access import Principal, priority_allowed
 from services.api.bodies import BodyProblem, model_problem, parse_json
@@ -244,13 +245,6 @@ def parse_body(kind: InferenceKind, raw: object, priority_header: str | None = N
     return ParsedBody(model=valid.model, body=body, priority=priority, exclusive_gpu=exclusive, stream=stream is True)
 
 
-async def _read_json(request: Request) -> object:
-    try:
-        return parse_json(await request.body())
-    except BodyProblem as exc:
-        raise InvalidRequest(str(exc), field=exc.field) from None
-
-
 # --------------------------------------------------------------------------- answers
 
 
@@ -305,33 +299,52 @@ def count_usage(who: str, usage: dict[str, Any] | None) -> None:
             counter.labels(who).inc(value)
 
 
-async def infer(
+@dataclass(frozen=True)
+class Reply:
+    """A /v1 answer ready to send: a whole body, or server-sent events from a stream's request."""
+
+    headers: dict[str, str]
+    body: bytes = b""
+    events: AsyncIterator[bytes] | None = None
+    request: asyncio.Task[Answer] | None = None
+    """A stream's request: cancelled if the client leaves before it ends."""
+
+
+async def reply(
     kind: InferenceKind,
-    request: Request,
+    raw: bytes,
     state: GatewayState,
     plane: Dispatcher,
     principal: Principal,
     priority_header: str | None,
-) -> Response:
+) -> Reply:
+    """Check, place and answer one /v1 request (``raw`` is its body); errors are typed ``GpuplaneError``s."""
     metrics = gateway_metrics()
     try:
-        response = await _serve(kind, request, state, plane, principal, priority_header)
+        answer = await _reply(kind, raw, state, plane, principal, priority_header)
     except GpuplaneError:
         metrics.key_requests.labels(principal.name, "error").inc()
         raise
     metrics.key_requests.labels(principal.name, "ok").inc()
-    return response
+    return answer
 
 
-async def _serve(
+def read_json(raw: bytes) -> object:
+    try:
+        return parse_json(raw)
+    except BodyProblem as exc:
+        raise InvalidRequest(str(exc), field=exc.field) from None
+
+
+async def _reply(
     kind: InferenceKind,
-    request: Request,
+    raw: bytes,
     state: GatewayState,
     plane: Dispatcher,
     principal: Principal,
     priority_header: str | None,
-) -> Response:
-    parsed = parse_body(kind, await _read_json(request), priority_header)
+) -> Reply:
+    parsed = parse_body(kind, read_json(raw), priority_header)
     highest = principal.key.max_priority if principal.key else None
     if not priority_allowed(parsed.priority, highest):
         raise Forbidden(
@@ -350,20 +363,42 @@ async def _serve(
     limit_s = state.settings.inference_timeout_s
     if parsed.stream:
         try:
-            sink, task = await asyncio.wait_for(open_stream(plane, ask), limit_s)
+            async with asyncio.timeout(limit_s):
+                sink, task = await open_stream(plane, ask)
         except TimeoutError:
             raise DeadlinePassed("GPUPLANE_INFERENCE_TIMEOUT_S, to the first chunk", limit_s) from None
         assert sink.meta is not None
-        return StreamingResponse(
-            sink.events(task), media_type="text/event-stream", headers=stream_headers(state, sink.meta)
-        )
+        return Reply(stream_headers(state, sink.meta), events=sink.events(task), request=task)
     try:
-        answer = await asyncio.wait_for(plane.submit(ask), limit_s)
+        async with asyncio.timeout(limit_s):
+            answer = await plane.submit(ask)
     except TimeoutError:
         raise DeadlinePassed("GPUPLANE_INFERENCE_TIMEOUT_S", limit_s) from None
-    raw = body_bytes(answer)
-    count_usage(principal.name, usage_of(raw))
-    return Response(raw, media_type="application/json", headers=result_headers(state, answer))
+    raw_answer = body_bytes(answer)
+    count_usage(principal.name, usage_of(raw_answer))
+    return Reply(result_headers(state, answer), body=raw_answer)
+
+
+async def infer(
+    kind: InferenceKind,
+    request: Request,
+    state: GatewayState,
+    plane: Dispatcher,
+    principal: Principal,
+    priority_header: str | None,
+) -> Response:
+    """The FastAPI route's way; the gateway's fast path (``services.api.fastpath``) answers the same
+    requests without FastAPI's routing, with the same ``reply``."""
+    answer = await reply(kind, await request.body(), state, plane, principal, priority_header)
+    if answer.events is not None:
+        request_task = answer.request
+        return StreamingResponse(
+            answer.events,
+            media_type="text/event-stream",
+            headers=answer.headers,
+            background=BackgroundTask(request_task.cancel) if request_task is not None else None,
+        )
+    return Response(answer.body, media_type="application/json", headers=answer.headers)
 
 
 PriorityHeader = Annotated[

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
+import socket
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -388,7 +392,8 @@ async def test_a_gateway_without_an_engine_token_sends_none(memory_bus: MemoryBu
 
 
 def test_the_gateways_settings_carry_the_routers() -> None:
-    settings = ApiSettings(nats_url="nats://memory", api_token="x" * 20, routing_policy="p2c", retry_attempts=2)
+    settings = gateway_settings(routing_policy="p2c", retry_attempts=2)
+    assert isinstance(settings, ApiSettings)
     assert (settings.routing_policy, settings.retry_attempts) == ("p2c", 2)
 
 
@@ -404,3 +409,68 @@ async def test_a_request_past_the_inference_timeout_is_504(memory_bus: MemoryBus
 
     assert r.status_code == 504 and r.json()["error"]["code"] == "timeout"
     assert "GPUPLANE_INFERENCE_TIMEOUT_S" in r.json()["error"]["message"]
+
+
+# --------------------------------------------------------------------------- an engine killed under load
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@asynccontextmanager
+async def upstream_process(delay_ms: float) -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
+    """A real engine process (the benchmark's fake OpenAI upstream), killable with SIGKILL."""
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        *("-m", "bench.path.upstream", "--port", str(port), "--delay-ms", str(delay_ms)),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        async with httpx.AsyncClient() as client:
+            for _ in range(100):
+                try:
+                    if (await client.get(f"{url}/models")).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    await asyncio.sleep(0.05)
+        yield proc, url
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
+
+
+@pytest.mark.integration
+async def test_an_engine_killed_under_300_requests_loses_none_and_answers_none_twice(memory_bus: MemoryBus) -> None:
+    settings = gateway_settings(lost_worker_requeues=3)
+    async with (
+        running_gateway(memory_bus, settings) as (_, client),
+        upstream_process(40) as (victim, victim_url),
+        upstream_process(40) as (_, other_url),
+    ):
+        for i, url in enumerate((victim_url, other_url)):
+            status = make_worker_status(f"w{i}", device=f"cuda:{i}", models=("bench-chat",), slots=64, request_count=1)
+            await memory_bus.publish(worker_status("box-a", f"w{i}"), status.model_copy(update={"engine_url": url}))
+        await memory_bus.settle()
+        client.timeout = httpx.Timeout(60)
+
+        async def one(i: int) -> httpx.Response:
+            body = {"model": "bench-chat", "messages": [{"role": "user", "content": f"hello {i}"}]}
+            return await client.post("/v1/chat/completions", json=body)
+
+        sending = asyncio.gather(*(one(i) for i in range(300)))
+        await asyncio.sleep(0.15)
+        victim.send_signal(signal.SIGKILL)
+        replies = await sending
+
+    assert [r.status_code for r in replies] == [200] * 300, [r.text for r in replies if r.status_code != 200][:3]
+    ids = [r.headers["X-Gpuplane-Request-Id"] for r in replies]
+    assert len(set(ids)) == 300
+    moved = [r for r in replies if int(r.headers["X-Gpuplane-Attempts"]) > 1]
+    assert moved and all(r.headers["X-Gpuplane-Worker"] == "w1" for r in moved)

@@ -118,19 +118,23 @@ def test_exclusive_gpu_is_honoured(stack: Stack) -> None:
     assert exclusive.headers["X-Gpuplane-Route"] == "exclusive"
 
 
-def test_killing_a_worker_under_load_loses_no_request(stack: Stack) -> None:
+def test_killing_a_worker_under_load_loses_no_request_and_answers_none_twice(stack: Stack) -> None:
     victim = next(name for name in stack.pids() if name.endswith("cuda0"))
     pid = stack.pids()[victim]
 
     async def run() -> list[httpx.Response]:
-        bodies = [chat(MODELS[i % 2], i, max_tokens=512) for i in range(200)]
+        bodies = [chat(MODELS[i % 2], i, max_tokens=512) for i in range(300)]
         sending = asyncio.ensure_future(burst(stack, bodies))
         await asyncio.sleep(0.8)
-        os.kill(pid, signal.SIGKILL)
+        os.kill(pid, signal.SIGKILL)  # the worker and the engine it serves, mid-request
         return await sending
 
     responses = asyncio.run(run())
-    assert [r.status_code for r in responses] == [200] * 200, [r.text for r in responses if r.status_code != 200][:3]
+    assert [r.status_code for r in responses] == [200] * 300, [r.text for r in responses if r.status_code != 200][:3]
+    ids = [r.headers["X-Gpuplane-Request-Id"] for r in responses]
+    assert len(set(ids)) == 300, "every request answered once, under its own id"
+    said = [r.json()["choices"][0]["message"]["content"] for r in responses]
+    assert all(text.endswith(f"You said: hello {i}") for i, text in enumerate(said)), "each answer is its own"
     moved = [r for r in responses if int(r.headers["X-Gpuplane-Attempts"]) > 1]
     assert moved, "no request was in flight on the killed worker"
     assert all(r.headers["X-Gpuplane-Route"] == "retry" for r in moved)
