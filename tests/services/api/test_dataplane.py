@@ -14,6 +14,7 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -26,6 +27,7 @@ from shared.contracts import Inventory, InventorySource, WorkerStatus
 from shared.subjects import inventory, worker_status
 from tests.builders import make_gpu, make_worker_status
 from tests.services.api.gateway import gateway_settings, running_gateway
+from tests.services.worker.helpers import launch, worker_settings
 
 CHAT = {"model": "chat-x", "messages": [{"role": "user", "content": "hi"}]}
 ENGINE_TOKEN = "engine-token-0123456789abcdef"
@@ -474,3 +476,40 @@ async def test_an_engine_killed_under_300_requests_loses_none_and_answers_none_t
     assert len(set(ids)) == 300
     moved = [r for r in replies if int(r.headers["X-Gpuplane-Attempts"]) > 1]
     assert moved and all(r.headers["X-Gpuplane-Worker"] == "w1" for r in moved)
+
+
+# --------------------------------------------------------------------------- real workers behind the gateway
+
+
+@pytest.mark.integration
+async def test_real_workers_simulated_and_openai_are_served_through_their_engines(
+    memory_bus: MemoryBus, tmp_path: Path
+) -> None:
+    """`gpuplane worker --backend openai --upstream-url URL` puts a running engine behind gpuplane: the gateway
+    sends to that URL directly; a simulated worker serves its own engine. Both under the engine token."""
+    async with (
+        upstream_process(0) as (_, upstream_url),
+        running_gateway(memory_bus, gateway_settings(engine_token=ENGINE_TOKEN)) as (_, client),
+    ):
+        common = {"vram_mb": 24576, "engine_token": ENGINE_TOKEN}
+        relay = await launch(
+            memory_bus,
+            worker_settings(
+                tmp_path, device="cuda:0", worker_id="up0", backend="openai", upstream_url=upstream_url, **common
+            ),
+        )
+        simulated = await launch(memory_bus, worker_settings(tmp_path, device="cuda:1", worker_id="sim1", **common))
+        try:
+            for worker in (relay, simulated):
+                await worker.wait_status(lambda s: s.state.value == "ready" and s.engine_url is not None)
+            await memory_bus.settle()
+            up = await client.post("/v1/chat/completions", json={**CHAT, "model": "bench-chat"})
+            sim = await client.post("/v1/chat/completions", json={**CHAT, "model": "big-chat"})
+        finally:
+            await relay.stop()
+            await simulated.stop()
+
+    assert up.status_code == 200 and up.headers["X-Gpuplane-Worker"] == "up0", up.text
+    assert up.json()["model"] == "bench-chat" and up.json()["choices"][0]["message"]["content"]
+    assert sim.status_code == 200 and sim.headers["X-Gpuplane-Worker"] == "sim1", sim.text
+    assert "[simulated big-chat on cuda:1]" in sim.json()["choices"][0]["message"]["content"]
