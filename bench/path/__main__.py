@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 
-from bench.common import revision
+from bench.common import revision, splice
 from bench.path import measure, peers
 from bench.path.load import wrk_binary, wrk_version
 from bench.path.measure import FULL, QUICK, LoadClient, Plan, Repetition
@@ -168,6 +168,20 @@ def _summary_json(summary: Summary) -> dict[str, object]:
     return found
 
 
+DOC_BEGIN = "<!-- bench.path:begin -->"
+DOC_END = "<!-- bench.path:end -->"
+
+
+def _into_doc(path: Path, markdown: str) -> None:
+    """The run's tables between the markers in ``path`` (its own title becomes a subsection)."""
+    body = markdown.replace("## Inference path:", "### The latest run:", 1).rstrip("\n")
+    generated = f"{DOC_BEGIN}\n{body}\n{DOC_END}"
+    document = path.read_text() if path.exists() else ""
+    path.write_text(
+        splice(document, generated, begin=DOC_BEGIN, end=DOC_END, section="## The inference path").rstrip("\n") + "\n"
+    )
+
+
 def _stop_on_sigterm() -> None:
     def stop(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt
@@ -184,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--paths", type=_paths, default=tuple(PEERS), help=f"some of {','.join(PEERS)}")
     parser.add_argument("--no-install", action="store_true", help="run only the peers already installed")
+    parser.add_argument("--doc", type=Path, help="also put the tables in this Markdown file (docs/benchmarks.md)")
     parser.add_argument(
         "--load-client",
         choices=("auto", "wrk", "python"),
@@ -290,6 +305,8 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "path.json").write_text(json.dumps(_jsonable(document), indent=2) + "\n")
     (out / "path.md").write_text(markdown)
+    if args.doc is not None:
+        _into_doc(args.doc, markdown)
     print(markdown)
     progress(f"wrote {out / 'path.md'} and {out / 'path.json'} ({took_s:.0f} s)")
     return 0

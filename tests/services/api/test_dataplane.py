@@ -513,3 +513,20 @@ async def test_real_workers_simulated_and_openai_are_served_through_their_engine
     assert up.json()["model"] == "bench-chat" and up.json()["choices"][0]["message"]["content"]
     assert sim.status_code == 200 and sim.headers["X-Gpuplane-Worker"] == "sim1", sim.text
     assert "[simulated big-chat on cuda:1]" in sim.json()["choices"][0]["message"]["content"]
+
+
+async def test_a_full_queue_is_429_with_retry_after(memory_bus: MemoryBus) -> None:
+    settings = gateway_settings(queue_limit=2, worker_queue_limit=0)
+    async with running_gateway(memory_bus, settings) as (_, client):
+        engine = await FakeEngine(memory_bus, "w0", slots=1, delay_s=0.5).start()
+        await memory_bus.settle()
+        try:
+            replies = await asyncio.gather(*(client.post("/v1/chat/completions", json=CHAT) for _ in range(5)))
+        finally:
+            await engine.stop()
+
+    codes = sorted(r.status_code for r in replies)
+    assert codes == [200, 200, 200, 429, 429], codes  # one running, two queued, the rest refused
+    refused = next(r for r in replies if r.status_code == 429)
+    assert refused.json()["error"]["type"] == "rate_limit_error"
+    assert int(refused.headers["Retry-After"]) >= 1

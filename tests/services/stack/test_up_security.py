@@ -31,8 +31,6 @@ from tests.services.stack.test_up_inference import chat, inference_stack
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
-LOST_REQUEST_BOUND_S = 30.0
-
 
 @pytest.fixture(scope="module")
 def collector() -> Iterator[Collector]:
@@ -139,16 +137,32 @@ def test_the_observer_reads_events_and_publishes_nothing(stack: Stack) -> None:
 
 def test_a_worker_cannot_call_the_orchestrator_nor_speak_for_another_host(stack: Stack) -> None:
     evil_inventory = {
-        "type": "gpuplane.inventory.v1", "host": "evil", "source": "nvml",
+        "type": "gpuplane.inventory.v1",
+        "host": "evil",
+        "source": "nvml",
         "gpus": [make_gpu(0, name="NVIDIA H100").model_dump(mode="json")],
     }
 
     def status(host: str, worker_id: str) -> bytes:
-        return WorkerStatus(
-            worker_id=worker_id, host=host, device="cuda:0", gpu_index=0, backend="fake", state=WorkerState.READY,
-            slots=8, in_flight=0, queue_depth=0, groups_loaded=("small-chat",), models=("small-chat-model",),
-            latency_avg_s=0.001, sequence=1,
-        ).model_dump_json().encode()
+        return (
+            WorkerStatus(
+                worker_id=worker_id,
+                host=host,
+                device="cuda:0",
+                gpu_index=0,
+                backend="fake",
+                state=WorkerState.READY,
+                slots=8,
+                in_flight=0,
+                queue_depth=0,
+                groups_loaded=("small-chat",),
+                models=("small-chat-model",),
+                latency_avg_s=0.001,
+                sequence=1,
+            )
+            .model_dump_json()
+            .encode()
+        )
 
     async def attempt() -> Refusals:
         refusals = Refusals()
@@ -278,8 +292,9 @@ def test_inference_keys_through_the_cli(stack: Stack) -> None:
     env = {**os.environ, "GPUPLANE_DATA_DIR": str(stack.data_dir), "GPUPLANE_HTTP_PORT": str(stack.http_port)}
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "services.cli", "keys", *args], env=env, capture_output=True,
-                              text=True, timeout=60)
+        return subprocess.run(
+            [sys.executable, "-m", "services.cli", "keys", *args], env=env, capture_output=True, text=True, timeout=60
+        )
 
     made = cli("create", "team-a", "--max-priority", "normal", "--rpm", "600")
     assert made.returncode == 0, made.stderr
@@ -350,20 +365,19 @@ def test_one_chat_request_is_one_trace_from_the_gateway_to_the_engine(stack: Sta
 # --------------------------------------------------------------------------- lost answers
 
 
-def test_killing_the_router_under_200_chat_requests_leaves_none_waiting_past_the_bound(stack: Stack) -> None:
+def test_killing_the_router_under_200_chat_requests_loses_none(stack: Stack) -> None:
+    """The gateway places /v1 requests itself and sends them to the engines: the router service (which serves
+    requests sent over NATS) can die with 50 or more of them in the gateway's hands, and none is lost."""
     victim = stack.pids()["router"]
 
-    async def one(client: httpx.AsyncClient, i: int) -> tuple[int, float]:
-        started = time.monotonic()
+    async def one(client: httpx.AsyncClient, i: int) -> int:
         r = await client.post("/v1/chat/completions", json=chat(("big-chat-model", "coder-model")[i % 2], i))
-        return r.status_code, time.monotonic() - started
+        return r.status_code
 
-    async def run() -> list[tuple[int, float]]:
+    async def run() -> list[int]:
         limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
         async with httpx.AsyncClient(base_url=stack.api, headers=stack.auth, timeout=120, limits=limits) as client:
             sending = asyncio.gather(*(one(client, i) for i in range(200)))
-            # Killed once the router holds most of them (a fixed pause is too short on a busy machine:
-            # the requests would find no router rather than be lost in one).
             held = 0
             deadline = time.monotonic() + 30
             while held < 50 and time.monotonic() < deadline:
@@ -371,17 +385,11 @@ def test_killing_the_router_under_200_chat_requests_leaves_none_waiting_past_the
                 queue = (await client.get("/api/queue")).json()["router"]
                 held = queue["in_flight"] + sum(queue["queued"].values())
             os.kill(victim, signal.SIGKILL)
-            assert held >= 50, f"the router never held 50 of the requests (at most {held})"
+            assert held >= 50, f"the gateway never held 50 of the requests (at most {held})"
             return await sending
 
-    results = asyncio.run(run())
-    codes = [code for code, _ in results]
-    slowest = max(took for _, took in results)
-    ok, lost = codes.count(200), codes.count(503)
-    print(f"router killed under 200 requests: {ok} x 200, {lost} x 503, slowest {slowest:.1f} s")
-    assert set(codes) <= {200, 503}, codes
-    assert slowest < LOST_REQUEST_BOUND_S + 10, f"a request waited {slowest:.1f} s"
-    assert codes.count(200) >= 150, f"{codes.count(503)} of 200 answered 503"
+    codes = asyncio.run(run())
+    assert codes == [200] * 200, codes
     wait_until(lambda: stack.pids()["router"] != victim, 20, "the router to be restarted", stack)
     wait_until(lambda: httpx.get(f"{stack.api}/healthz", timeout=10).status_code == 200, 30, "healthz", stack)
 
