@@ -78,9 +78,14 @@ class InferenceFastPath:
 
 
 async def _stream(answer: Reply, receive: Receive, send: Send) -> None:
-    """Send the events as they come; a client that leaves cancels the request."""
+    """Send the events as they come; a client that leaves cancels the request, at the engine too."""
     assert answer.events is not None
     left = asyncio.ensure_future(_disconnected(receive))
+    request = answer.request
+    if request is not None:
+        # Leaving calls the request off at once, at the engine too (an LLM stops generating for nobody); the
+        # request's end then ends the events.
+        left.add_done_callback(lambda watch: watch.cancelled() or request.cancel())
     try:
         await send({"type": "http.response.start", "status": 200, "headers": _encoded(answer.headers, SSE_TYPE)})
         async for event in answer.events:
@@ -93,8 +98,6 @@ async def _stream(answer: Reply, receive: Receive, send: Send) -> None:
         pass  # the client went away while a chunk was on its way
     finally:
         left.cancel()
-        if answer.request is not None and not answer.request.done():
-            answer.request.cancel()
 
 
 async def _disconnected(receive: Receive) -> None:

@@ -42,6 +42,10 @@ log = logging.getLogger("gpuplane.router")
 decisions_log = logging.getLogger("gpuplane.router.decisions")
 
 
+class ClientGone(GpuplaneError):
+    """The request's only client went away before its answer."""
+
+
 class _Metrics:
     """The core's observer: Prometheus counters with bounded labels."""
 
@@ -96,6 +100,8 @@ class _Out:
     task: asyncio.Task[Any] | None
     lost: bool = False
     why: str = "it went away with the request"
+    abandoned: bool = False
+    """Its only client left: the call was cancelled, and it counts neither for nor against the worker."""
 
 
 class Dispatcher:
@@ -261,11 +267,19 @@ class Dispatcher:
         try:
             return await waiter
         except asyncio.CancelledError:
-            # The client left: a queued request is dropped; one out at a worker is left to finish there.
-            for entry in self.core.queue:
-                if waiter in entry.item.waiters and len(entry.item.waiters) == 1:
-                    entry.item.done = True
+            self._abandon(waiter)
             raise
+
+    def _abandon(self, waiter: asyncio.Future[Answer]) -> None:
+        """The client left: its queued request is dropped, and one out at an engine is called off there (the
+        connection closes, so an engine stops generating for nobody). A batch goes on for its other clients."""
+        for entry in self.core.queue:
+            if entry.item.waiters == [waiter]:
+                entry.item.done = True
+        for out in self.out.values():
+            if out.send.pending.waiters == [waiter] and not out.abandoned and out.task is not None:
+                out.abandoned = True
+                out.task.cancel()
 
     def retry_after_s(self) -> float:
         return self.core.retry_after(self.clock())
@@ -306,7 +320,7 @@ class Dispatcher:
             if exc.gone:
                 self.core.pools.mark_gone(send.placement.worker_id)
             self._failed(send, exc, lost=True)
-        except (InvalidRequest, NotFound) as exc:
+        except (InvalidRequest, NotFound, ClientGone) as exc:
             self.core.refused(send, exc, self.clock())
         except GpuplaneError as exc:
             self._failed(send, exc, lost=False)
@@ -322,7 +336,9 @@ class Dispatcher:
         try:
             return await self.transport.call(out.send, sink)
         except asyncio.CancelledError:
-            if out.lost and out.task is not None and out.task.uncancel() == 0:
+            if (out.lost or out.abandoned) and out.task is not None and out.task.uncancel() == 0:
+                if out.abandoned:
+                    raise ClientGone(f"the client of request {out.send.pending.first.request_id} left") from None
                 raise WorkerLost(f"worker {out.send.placement.worker_id}: {out.why}") from None
             raise
 

@@ -22,7 +22,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
-from starlette.background import BackgroundTask
 
 from services.api.access import Principal, priority_allowed
 from services.api.bodies import BodyProblem, model_problem, parse_json
@@ -391,13 +390,7 @@ async def infer(
     requests without FastAPI's routing, with the same ``reply``."""
     answer = await reply(kind, await request.body(), state, plane, principal, priority_header)
     if answer.events is not None:
-        request_task = answer.request
-        return StreamingResponse(
-            answer.events,
-            media_type="text/event-stream",
-            headers=answer.headers,
-            background=BackgroundTask(request_task.cancel) if request_task is not None else None,
-        )
+        return StreamingResponse(answer.events, media_type="text/event-stream", headers=answer.headers)
     return Response(answer.body, media_type="application/json", headers=answer.headers)
 
 

@@ -19,14 +19,16 @@ from typing import Any
 
 import httpx
 import pytest
+import uvicorn
 from aiohttp import web
 
+from services.api.app import create_app
 from services.api.settings import ApiSettings
 from shared.bus.memory import MemoryBus
 from shared.contracts import Inventory, InventorySource, WorkerStatus
 from shared.subjects import inventory, worker_status
 from tests.builders import make_gpu, make_worker_status
-from tests.services.api.gateway import gateway_settings, running_gateway
+from tests.services.api.gateway import ADMIN_TOKEN, gateway_settings, running_gateway
 from tests.services.worker.helpers import launch, worker_settings
 
 CHAT = {"model": "chat-x", "messages": [{"role": "user", "content": "hi"}]}
@@ -530,3 +532,71 @@ async def test_a_full_queue_is_429_with_retry_after(memory_bus: MemoryBus) -> No
     refused = next(r for r in replies if r.status_code == 429)
     assert refused.json()["error"]["type"] == "rate_limit_error"
     assert int(refused.headers["Retry-After"]) >= 1
+
+
+# --------------------------------------------------------------------------- a client that leaves a stream
+
+
+def slow_stream(gap_s: float, chunks: int, ended: asyncio.Event) -> Handler:
+    """A long generation; ``ended`` is set when the engine stops writing, its client gone or its answer done."""
+
+    async def handler(engine: FakeEngine, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        try:
+            for i in range(chunks):
+                chunk = {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": f"t{i}"}}]}
+                await response.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+                await asyncio.sleep(gap_s)
+            await response.write(b"data: [DONE]\n\n")
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        finally:
+            ended.set()
+        return response
+
+    return handler
+
+
+@pytest.mark.integration
+async def test_a_client_that_leaves_a_stream_calls_it_off_at_the_engine(memory_bus: MemoryBus) -> None:
+    """Over real HTTP (uvicorn, as `gpuplane api` serves): the engine stops generating within a moment of the
+    client leaving, and the data plane holds nothing for it afterwards."""
+    ended = asyncio.Event()
+    port = free_port()
+
+    async def factory(*_: object) -> MemoryBus:
+        return memory_bus
+
+    app = create_app(gateway_settings(allowed_hosts="*"), bus_factory=factory)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on"))
+    serving = asyncio.create_task(server.serve())
+    engine: FakeEngine | None = None
+    try:
+        for _ in range(250):
+            if server.started:
+                break
+            await asyncio.sleep(0.02)
+        engine = await FakeEngine(memory_bus, "w0", handler=slow_stream(0.05, 400, ended)).start()
+        await memory_bus.settle()
+        headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", headers=headers) as client:
+            async with client.stream("POST", "/v1/chat/completions", json={**CHAT, "stream": True}) as response:
+                assert response.status_code == 200
+                async for line in response.aiter_lines():
+                    if line.startswith("data: "):
+                        break  # one chunk, then leave: 20 s of generation remain
+        left_at = asyncio.get_running_loop().time()
+        await asyncio.wait_for(ended.wait(), 5)
+        assert asyncio.get_running_loop().time() - left_at < 2, "the engine went on generating for nobody"
+        plane = app.state.gateway.dataplane
+        for _ in range(100):
+            if not plane.out and plane.pools.workers["w0"].outstanding == 0:
+                break
+            await asyncio.sleep(0.02)
+        assert not plane.out and plane.pools.workers["w0"].outstanding == 0
+    finally:
+        if engine is not None:
+            await engine.stop()
+        server.should_exit = True
+        await serving
