@@ -6,6 +6,7 @@ access rules as pure functions and small classes (no I/O; time is passed in).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -77,6 +78,7 @@ def host_name(header: str) -> str:
     return name.rstrip(".")
 
 
+@functools.lru_cache(maxsize=256)
 def host_allowed(header: str | None, allowed: frozenset[str]) -> bool:
     """Whether a request naming ``header`` as its Host may be served.
 

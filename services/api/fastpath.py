@@ -62,7 +62,9 @@ class InferenceFastPath:
             principal: Principal | None = scope.get("state", {}).get("principal")
             if principal is None:
                 raise RuntimeError("an inference path was reached without a credential: check access.route_role")
-            raw = await _body(receive)
+            raw = scope["state"].get("body")
+            if raw is None:
+                raw = await _body(receive)
             answer = await reply(kind, raw, state, plane, principal, _header(scope, PRIORITY_KEY))
         except GpuplaneError as exc:
             response = error_response(exc, state.settings.retry_after_s)

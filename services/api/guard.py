@@ -168,6 +168,8 @@ class Guard:
                 parse_json(body)
             except BodyProblem as exc:
                 raise Refusal(422, "bad_json", exc.message, loc=exc.loc) from None
+        # Kept for the inference fast path, which then need not take it through ``receive`` again.
+        scope.setdefault("state", {})["body"] = body
         return _replay(body, receive)
 
     def _authenticate(self, scope: Scope, headers: dict[str, str], role: Role) -> Principal | None:

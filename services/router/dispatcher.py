@@ -333,8 +333,11 @@ class Dispatcher:
     async def _carry(self, out: _Out, sink: ChunkSink | None) -> Delivered:
         """The transport's answer, or ``WorkerLost`` as soon as the worker is known to be gone
         (``_worker_lost`` cancels this task; no second future waits beside every request)."""
+        # Straight to the transport that carries it: every await level is paid again at each resumption.
+        http = self.transport.http
+        carrier = http.call if out.send.record.status.engine_url else self.nats.call
         try:
-            return await self.transport.call(out.send, sink)
+            return await carrier(out.send, sink)
         except asyncio.CancelledError:
             if (out.lost or out.abandoned) and out.task is not None and out.task.uncancel() == 0:
                 if out.abandoned:

@@ -12,7 +12,7 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -161,8 +161,9 @@ class HttpEngine:
     def __init__(
         self, *, token: str | None, timeout_s: float, connect_timeout_s: float = 3.0, tracing: bool = False
     ) -> None:
-        self._tracing = tracing
         self._tracer = trace.get_tracer("gpuplane.router.http")
+        # Untraced, a request goes straight to _call: one await level less, paid at every resumption.
+        self.call: Callable[[Send, ChunkSink | None], Awaitable[Delivered]] = self._traced if tracing else self._call
         self._headers = {"Content-Type": "application/json"}
         if token:
             self._headers["Authorization"] = f"Bearer {token}"
@@ -186,9 +187,7 @@ class HttpEngine:
         if self._session is not None:
             await self._session.close()
 
-    async def call(self, send: Send, sink: ChunkSink | None) -> Delivered:
-        if not self._tracing:
-            return await self._call(send, sink, {})
+    async def _traced(self, send: Send, sink: ChunkSink | None) -> Delivered:
         status = send.record.status
         with self._tracer.start_as_current_span(
             f"POST {PATHS[send.pending.first.kind]}",
@@ -199,7 +198,7 @@ class HttpEngine:
             propagate.inject(carrier)
             return await self._call(send, sink, carrier)
 
-    async def _call(self, send: Send, sink: ChunkSink | None, trace_headers: dict[str, str]) -> Delivered:
+    async def _call(self, send: Send, sink: ChunkSink | None, trace_headers: dict[str, str] | None = None) -> Delivered:
         pending = send.pending
         status = send.record.status
         assert status.engine_url is not None
@@ -211,7 +210,7 @@ class HttpEngine:
             body = first.body
         headers = {
             **self._headers,
-            **trace_headers,
+            **(trace_headers or {}),
             "X-Gpuplane-Request-Id": first.request_id,
             "X-Gpuplane-Priority": pending.priority.value,
             "X-Gpuplane-Attempt": str(pending.attempt),

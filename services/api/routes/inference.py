@@ -351,7 +351,8 @@ async def _reply(
             f"not {parsed.priority.value}",
             field="priority",
         )
-    ask = InferenceRequest(
+    # Every field is checked already (the body by its model): built without validating it all again.
+    ask = InferenceRequest.model_construct(
         request_id=uuid.uuid4().hex,
         kind=kind,
         model=parsed.model,

@@ -125,6 +125,8 @@ class Pending:
 
     @property
     def priority(self) -> Priority:
+        if len(self.requests) == 1:
+            return self.requests[0].priority
         return min((r.priority for r in self.requests), key=PRIORITY_RANK.__getitem__)
 
     def fail(self, error: GpuplaneError) -> None:
@@ -192,6 +194,8 @@ class Lifecycle:
     """Wall-clock time for the decisions kept (placement itself only uses the ``now`` passed in)."""
 
     def __post_init__(self) -> None:
+        self._models = {m.id: (g, m) for g in self.catalog.groups for m in g.models}
+        """Model id -> its group and entry: looked up for every request."""
         self.queue: PriorityQueue[Pending] = PriorityQueue(self.rules.queue_limit)
         self.batcher: Batcher[tuple[InferenceRequest, Waiter]] = Batcher(
             self.rules.embedding_batch_max, self.rules.embedding_batch_window_s
@@ -240,9 +244,10 @@ class Lifecycle:
 
     def check_kind(self, request: InferenceRequest) -> None:
         """A chat model is not asked for embeddings, nor an embedding model for chat (models in the catalog)."""
-        model = self.catalog.model(request.model)
-        if model is None:
+        found = self._models.get(request.model)
+        if found is None:
             return
+        model = found[1]
         wants_embedding = request.kind is InferenceKind.EMBEDDING
         if (model.kind is InferenceKind.EMBEDDING) == wants_embedding:
             return
@@ -260,8 +265,7 @@ class Lifecycle:
         )
 
     def placement_request(self, request: InferenceRequest, avoid: Iterable[str], attempt: int = 1) -> PlacementRequest:
-        group = self.catalog.group_of(request.model)
-        model = self.catalog.model(request.model)
+        group, model = self._models.get(request.model, (None, None))
         return PlacementRequest(
             request_id=request.request_id,
             kind=request.kind,
@@ -333,7 +337,7 @@ class Lifecycle:
                     self.policy,
                     self.rng,
                     exclusive_gpu=pending.exclusive_gpu,
-                    known_model=self.catalog.group_of(pending.placement.model) is not None,
+                    known_model=pending.placement.model in self._models,
                 )
             if isinstance(decision, Wait):
                 self._wait(entry, decision, now, waiting, key)

@@ -29,7 +29,7 @@ def least(
     """
     if not workers:
         return None
-    scored = [(tuple(round(x, DIGITS) for x in k), k, w) for w in workers for k in (key(w),)]
+    scored = [(tuple([round(x, DIGITS) for x in k]), k, w) for w in workers for k in (key(w),)]
     best = min(rounded for rounded, _, _ in scored)
     equal = sorted((t for t in scored if t[0] == best), key=lambda t: t[2].worker_id)
     _, raw, chosen = equal[0] if len(equal) == 1 else rng.choice(equal)
