@@ -430,3 +430,19 @@ def test_an_empty_summary_renders_dashes() -> None:
     cells = table([empty], {}).splitlines()[2].split(" | ")
 
     assert cells[1:8] == ["—"] * 7
+
+
+def test_the_tables_go_between_the_markers_and_the_rest_of_the_doc_stays(tmp_path: Path) -> None:
+    from bench.path.__main__ import DOC_BEGIN, DOC_END, _into_doc
+
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text(f"# Benchmarks\n\n## The inference path\n\nBefore.\n\n{DOC_BEGIN}\nold\n{DOC_END}\n\nAfter.\n")
+    _into_doc(doc, "## Inference path: gpuplane against its peers\n\n| a | b |\n")
+    text = doc.read_text()
+    assert "old" not in text and "### The latest run: gpuplane against its peers" in text
+    assert text.index("Before.") < text.index(DOC_BEGIN) < text.index("| a | b |") < text.index(DOC_END)
+    assert text.rstrip().endswith("After.")
+
+    fresh = tmp_path / "empty.md"
+    _into_doc(fresh, "## Inference path: x\n")
+    assert "## The inference path" in fresh.read_text() and DOC_END in fresh.read_text()
