@@ -104,10 +104,6 @@ class Router:
     def pools(self) -> Pools:
         return self.dispatcher.pools
 
-    @property
-    def policy(self) -> RoutingPolicy:
-        return self.dispatcher.policy
-
     async def start(self) -> None:
         await self.dispatcher.start()
         group = queue_group(ServiceName.ROUTER)

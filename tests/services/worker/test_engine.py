@@ -24,37 +24,11 @@ from services.worker.settings import WorkerSettings
 from shared.bus.memory import MemoryBus
 from shared.contracts import WorkerState, WorkerTask
 from shared.errors import ConfigError, OperationFailed
-from shared.subjects import inventory
-from tests.builders import make_inventory, make_reference_gpus
 from tests.services.worker.backends.upstream import FakeUpstream
-from tests.services.worker.helpers import HOST, RunningWorker, launch, make_task, worker_settings
+from tests.services.worker.helpers import RunningWorker, launch, make_task, worker_settings
 
 TOKEN = "engine-token-0123456789"
 ERROR_KEYS = {"message", "type", "param", "code"}
-
-
-@pytest.fixture
-async def bus() -> AsyncIterator[MemoryBus]:
-    bus = MemoryBus("test")
-    await bus.publish(inventory(HOST), make_inventory(make_reference_gpus(), host=HOST))
-    yield bus
-    await bus.drain()
-
-
-@pytest.fixture
-async def start(bus: MemoryBus, tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
-    running: list[RunningWorker] = []
-
-    async def start_worker(**overrides: Any) -> RunningWorker:
-        worker = await launch(bus, worker_settings(tmp_path, **overrides))
-        running.append(worker)
-        await worker.wait_status(lambda s: s.state is WorkerState.READY)
-        return worker
-
-    yield start_worker
-    for worker in running:
-        if not worker.task.done():
-            await worker.stop()
 
 
 @pytest.fixture

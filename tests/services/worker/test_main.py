@@ -28,8 +28,12 @@ REPO = Path(__file__).resolve().parents[3]
 
 def test_one_child_per_device_with_the_parents_settings(tmp_path: Path) -> None:
     settings = WorkerSettings(
-        host_name="box", devices="cuda:0,cuda:1", slots=2, lazy_load_model=True,
-        model_groups_file=tmp_path / "groups.yml", metrics_port=9300,
+        host_name="box",
+        devices="cuda:0,cuda:1",
+        slots=2,
+        lazy_load_model=True,
+        model_groups_file=tmp_path / "groups.yml",
+        metrics_port=9300,
     )
     first, second = child_specs(settings, settings.device_list(), python="/py")
     assert first.argv == ["/py", "-m", "services.cli", "worker", "--device", "cuda:0"]
@@ -95,9 +99,21 @@ async def with_worker_process(
     out = log.open("wb")  # noqa: ASYNC230, SIM115 - a local file, once, handed to the child
     try:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "services.cli", "worker", "--nats-url", nats_server.url, "--host-name", host,
-            "--model-groups-file", str(write_catalog(tmp_path)), *args,
-            cwd=REPO, env=full_env, stdout=out, stderr=out,
+            sys.executable,
+            "-m",
+            "services.cli",
+            "worker",
+            "--nats-url",
+            nats_server.url,
+            "--host-name",
+            host,
+            "--model-groups-file",
+            str(write_catalog(tmp_path)),
+            *args,
+            cwd=REPO,
+            env=full_env,
+            stdout=out,
+            stderr=out,
         )
     finally:
         out.close()

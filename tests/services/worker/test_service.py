@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,35 +30,15 @@ from tests.services.worker.backends.upstream import FakeUpstream
 from tests.services.worker.helpers import HOST, RunningWorker, launch, make_task, worker_settings
 
 
-@pytest.fixture
-async def bus() -> AsyncIterator[MemoryBus]:
-    bus = MemoryBus("test")
-    await bus.publish(inventory(HOST), make_inventory(make_reference_gpus(), host=HOST))
-    yield bus
-    await bus.drain()
-
-
-@pytest.fixture
-async def start(bus: MemoryBus, tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
-    running: list[RunningWorker] = []
-
-    async def start_worker(**overrides: Any) -> RunningWorker:
-        worker = await launch(bus, worker_settings(tmp_path, **overrides))
-        running.append(worker)
-        await worker.wait_status(lambda s: s.state is WorkerState.READY)
-        return worker
-
-    yield start_worker
-    for worker in running:
-        if not worker.task.done():
-            await worker.stop()
-
-
 async def test_registers_with_its_gpu_and_answers_a_chat_task(start: Callable[..., Any]) -> None:
     worker: RunningWorker = await start()
     ready = worker.statuses()[-1]
     assert (ready.device, ready.gpu_index, ready.gpu_name, ready.host, ready.backend) == (
-        "cuda:0", 0, "NVIDIA RTX A5500", HOST, "simulated",
+        "cuda:0",
+        0,
+        "NVIDIA RTX A5500",
+        HOST,
+        "simulated",
     )
     assert ready.slots == 3 and ready.vram_total_mb == 24564 and ready.groups_loaded == ()
     assert "big-chat" in ready.models and "embed-a" in ready.models and "huge-chat" not in ready.models
@@ -215,7 +195,11 @@ async def test_health_reply_names_device_and_load(start: Callable[..., Any], bus
     reply = await bus.request(health(ServiceName.WORKER), HealthRequest(), HealthReply)
     assert reply.service is ServiceName.WORKER
     assert {k: reply.details[k] for k in ("device", "slots", "in_flight", "groups", "state")} == {
-        "device": "cuda:0", "slots": "3", "in_flight": "0", "groups": "big", "state": "ready",
+        "device": "cuda:0",
+        "slots": "3",
+        "in_flight": "0",
+        "groups": "big",
+        "state": "ready",
     }
     assert reply.details["worker_id"] == worker.worker_id
 
@@ -315,12 +299,14 @@ async def test_openai_backend_serves_through_the_worker(
 
     subject = stream_chunks(ServiceName.ROUTER, "router-1", "r-broken")
     with pytest.raises(RemoteError, match="not JSON") as broken:
-        await worker.ask(make_task("up-chat", group="up-chat", bodies=(chat_body("break stream"),),
-                                   stream_subject=subject))
+        await worker.ask(
+            make_task("up-chat", group="up-chat", bodies=(chat_body("break stream"),), stream_subject=subject)
+        )
     assert broken.value.code == "internal"
     chunks = [m for s, m in bus.published if s == subject and isinstance(m, StreamChunk)]
     assert [(c.seq, c.data is not None, c.done, c.error is not None) for c in chunks] == [
-        (0, True, False, False), (1, False, False, True),
+        (0, True, False, False),
+        (1, False, False, True),
     ]
     # A client's bad request is not the worker's failure; a broken upstream is.
     status = await worker.wait_status(lambda s: s.request_count == 3)

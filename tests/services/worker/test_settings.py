@@ -10,7 +10,12 @@ from services.worker.settings import WorkerSettings
 from shared.errors import ConfigError
 
 ALIASED = (
-    "DEVICE", "DEVICES", "NUM_WORKERS_PER_GPU", "DEFAULT_GROUP", "LAZY_LOAD_MODEL", "MAX_CPU_CACHED_MODELS",
+    "DEVICE",
+    "DEVICES",
+    "NUM_WORKERS_PER_GPU",
+    "DEFAULT_GROUP",
+    "LAZY_LOAD_MODEL",
+    "MAX_CPU_CACHED_MODELS",
 )
 
 
@@ -63,7 +68,11 @@ def test_flags_win_over_env(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_defaults() -> None:
     s = WorkerSettings(host_name="box")
     assert (s.backend, s.slots, s.lazy_load_model, s.max_cpu_cached_models, s.status_interval_s) == (
-        "simulated", None, False, 2, 1.0,
+        "simulated",
+        None,
+        False,
+        2,
+        1.0,
     )
     assert (s.latency_jitter, s.fail_rate, s.task_concurrency_limit, s.upstream_timeout_s) == (0.2, 0.0, 256, 600)
 

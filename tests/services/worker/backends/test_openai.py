@@ -18,8 +18,16 @@ from shared.errors import ConfigError, InvalidRequest, NotFound, OperationFailed
 from tests.services.worker.backends.upstream import FakeUpstream
 from tests.services.worker.helpers import make_catalog, make_task
 
-PROFILE = DeviceProfile(device="cuda:0", vram_total_mb=24564, vram_used_mb=1024, speed=1.0, slots=3, gpu_index=0,
-                        gpu_uuid="GPU-a", gpu_name="NVIDIA RTX A5500")
+PROFILE = DeviceProfile(
+    device="cuda:0",
+    vram_total_mb=24564,
+    vram_used_mb=1024,
+    speed=1.0,
+    slots=3,
+    gpu_index=0,
+    gpu_uuid="GPU-a",
+    gpu_name="NVIDIA RTX A5500",
+)
 
 
 @pytest.fixture
@@ -31,8 +39,10 @@ def upstream() -> Iterator[FakeUpstream]:
 
 
 def make_backend(url: str | None, **config: Any) -> OpenAIBackend:
-    backend = open_backend("openai", BackendConfig(worker_id="w", host="box", profile=PROFILE,
-                                                   catalog=make_catalog(), upstream_url=url, **config))
+    backend = open_backend(
+        "openai",
+        BackendConfig(worker_id="w", host="box", profile=PROFILE, catalog=make_catalog(), upstream_url=url, **config),
+    )
     assert isinstance(backend, OpenAIBackend)
     return backend
 

@@ -74,22 +74,39 @@ class FakeUpstream:
                     self._chat(body)
                 elif self.path == "/v1/completions":
                     text = f"completion of {body.get('prompt')}"
-                    self._json(200, {"id": "cmpl-up", "object": "text_completion", "model": body["model"],
-                                     "choices": [{"index": 0, "text": text, "finish_reason": "stop"}]})
+                    self._json(
+                        200,
+                        {
+                            "id": "cmpl-up",
+                            "object": "text_completion",
+                            "model": body["model"],
+                            "choices": [{"index": 0, "text": text, "finish_reason": "stop"}],
+                        },
+                    )
                 elif self.path == "/v1/embeddings":
                     inputs = body["input"]
-                    data = [{"object": "embedding", "index": i, "embedding": [float(len(str(text))), float(i)]}
-                            for i, text in enumerate(inputs)]
-                    self._json(200, {"object": "list", "model": body["model"], "data": list(reversed(data)),
-                                     "usage": {"prompt_tokens": 2 * len(inputs), "total_tokens": 2 * len(inputs)}})
+                    data = [
+                        {"object": "embedding", "index": i, "embedding": [float(len(str(text))), float(i)]}
+                        for i, text in enumerate(inputs)
+                    ]
+                    self._json(
+                        200,
+                        {
+                            "object": "list",
+                            "model": body["model"],
+                            "data": list(reversed(data)),
+                            "usage": {"prompt_tokens": 2 * len(inputs), "total_tokens": 2 * len(inputs)},
+                        },
+                    )
                 else:
                     self._json(404, {"error": {"message": f"no route {self.path}"}})
 
             def _chat(self, body: dict[str, Any]) -> None:
                 said = body["messages"][-1]["content"]
                 if said == "fail 400":
-                    self._json(400, {"error": {"message": "max_tokens must be at most 4096",
-                                               "type": "invalid_request_error"}})
+                    self._json(
+                        400, {"error": {"message": "max_tokens must be at most 4096", "type": "invalid_request_error"}}
+                    )
                     return
                 if said == "fail 500":
                     self._json(500, {"error": {"message": "CUDA out of memory"}})
@@ -102,20 +119,35 @@ class FakeUpstream:
                 if body.get("stream"):
                     self._stream(body, said)
                     return
-                self._json(200, {
-                    "id": "chatcmpl-up", "object": "chat.completion", "created": 1, "model": body["model"],
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": f"upstream heard: {said}"},
-                                 "finish_reason": "stop"}],
-                    "usage": {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6},
-                })
+                self._json(
+                    200,
+                    {
+                        "id": "chatcmpl-up",
+                        "object": "chat.completion",
+                        "created": 1,
+                        "model": body["model"],
+                        "choices": [
+                            {
+                                "index": 0,
+                                "message": {"role": "assistant", "content": f"upstream heard: {said}"},
+                                "finish_reason": "stop",
+                            }
+                        ],
+                        "usage": {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6},
+                    },
+                )
 
             def _stream(self, body: dict[str, Any], said: str) -> None:
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")
                 self.end_headers()
                 for i, piece in enumerate(["up", "stream", "ed"]):
-                    chunk = {"id": "chatcmpl-up", "object": "chat.completion.chunk", "model": body["model"],
-                             "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]}
+                    chunk = {
+                        "id": "chatcmpl-up",
+                        "object": "chat.completion.chunk",
+                        "model": body["model"],
+                        "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}],
+                    }
                     self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
                     self.wfile.flush()
                     if said == "break stream" and i == 0:

@@ -106,7 +106,10 @@ def test_settings_win_over_the_inventory() -> None:
 def test_cpu_profile_is_slow_and_simulates_16_gb() -> None:
     profile = make_profile("cpu", None)
     assert (profile.vram_total_mb, profile.speed, profile.slots, profile.gpu_index) == (
-        CPU_SIMULATED_VRAM_MB, 0.1, 1, None,
+        CPU_SIMULATED_VRAM_MB,
+        0.1,
+        1,
+        None,
     )
 
 

@@ -17,8 +17,7 @@ EMBEDDING = InferenceKind.EMBEDDING
 
 
 def make_gpu(vram_mb: int = 20480, *, speed: float = 1.0, max_cpu_cached: int = 2, used_mb: int = 0) -> SimGpu:
-    return SimGpu(vram_mb=vram_mb, speed=speed, catalog=make_catalog(), max_cpu_cached=max_cpu_cached,
-                  used_mb=used_mb)
+    return SimGpu(vram_mb=vram_mb, speed=speed, catalog=make_catalog(), max_cpu_cached=max_cpu_cached, used_mb=used_mb)
 
 
 def load(gpu: SimGpu, *groups: str) -> list[LoadPlan]:
