@@ -67,9 +67,9 @@ class SseSink:
         if not self.ended and self.meta is not None:
             self._end(_failure(request))
 
-    async def events(self, request: asyncio.Task[Answer]) -> AsyncIterator[bytes]:
-        """The events in order until ``[DONE]``; a request that fails without ending the stream ends it here."""
-        del request  # its end reaches the queue through request_done
+    async def events(self) -> AsyncIterator[bytes]:
+        """The events in order until ``[DONE]`` (a request that ends without ending the stream ends it through
+        ``request_done``)."""
         while True:
             item = await self.queue.get()
             if item is None:

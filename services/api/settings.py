@@ -67,17 +67,6 @@ class ApiSettings(RouterSettings):
         default=30.0, gt=0, description="How often the inference keys are re-read (other gateways' changes)."
     )
 
-    # Lost answers of requests the data plane sent through a worker over NATS.
-    answer_check_interval_s: float = Field(
-        default=2.0, gt=0, description="How often to ask workers about tasks whose answers are long in coming."
-    )
-    answer_check_after_s: float = Field(
-        default=5.0, ge=0, description="Tasks out this long are asked about (their answer may have been lost)."
-    )
-    answer_grace_s: float = Field(
-        default=2.0, gt=0, description="A task no worker holds is lost if still unanswered this long after."
-    )
-
     @field_validator("http_host")
     @classmethod
     def _host(cls, value: str) -> str:

@@ -20,7 +20,7 @@ from services.router.core.pools import Pools, PoolSettings, device_label
 from services.router.core.view import record_peak, router_state
 from services.router.metrics import RouterMetrics, router_metrics
 from services.router.settings import RouterSettings
-from services.router.transports import ChunkSink, EngineTransport, HttpEngine, NatsWorker, StreamMeta, WorkerLost
+from services.router.transports import ChunkSink, HttpEngine, NatsWorker, StreamMeta, WorkerLost
 from shared.answers import AnswerWatch
 from shared.bus.base import Bus, Delivery
 from shared.contracts import (
@@ -158,7 +158,7 @@ class Dispatcher:
         http = HttpEngine(
             token=engine_token, timeout_s=settings.task_timeout_s, tracing=tracing_wanted(settings.otlp_endpoint)
         )
-        self.transport = EngineTransport(http, self.nats)
+        self.http = http
         self.inventories = LatestInventories()
         self.peaks: dict[tuple[str, str], float] = {}
         self.out: dict[int, _Out] = {}
@@ -217,7 +217,7 @@ class Dispatcher:
         self.pump()
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=self.settings.drain_timeout_s)
-        await self.transport.close()
+        await self.http.close()
 
     def held_request_ids(self) -> set[str]:
         mine = self.core.held_request_ids()
@@ -334,8 +334,7 @@ class Dispatcher:
         """The transport's answer, or ``WorkerLost`` as soon as the worker is known to be gone
         (``_worker_lost`` cancels this task; no second future waits beside every request)."""
         # Straight to the transport that carries it: every await level is paid again at each resumption.
-        http = self.transport.http
-        carrier = http.call if out.send.record.status.engine_url else self.nats.call
+        carrier = self.http.call if out.send.record.status.engine_url else self.nats.call
         try:
             return await carrier(out.send, sink)
         except asyncio.CancelledError:

@@ -1,9 +1,9 @@
 """How a placed request reaches its engine: straight over HTTP, or through the worker over NATS.
 
 The core decides where a request goes; a transport only carries it there and brings the answer back.
-``EngineTransport`` picks per worker: HTTP to the engine's ``engine_url`` when the worker advertises one
-(one hop, bytes passed through), else a ``WorkerTask`` to the worker over NATS (an engine the data plane
-cannot reach, or one whose key must not travel).
+The dispatcher picks per worker: ``HttpEngine`` to the engine's ``engine_url`` when the worker advertises
+one (one hop, bytes passed through), else ``NatsWorker``: a ``WorkerTask`` to the worker over NATS (an
+engine the data plane cannot reach, or one whose key must not travel).
 """
 
 from __future__ import annotations
@@ -451,20 +451,3 @@ class NatsWorker:
                     return
 
         return on_chunk
-
-
-class EngineTransport:
-    """HTTP to the engine when the worker advertises one, else through the worker over NATS."""
-
-    def __init__(self, http: HttpEngine, nats: NatsWorker) -> None:
-        self.http = http
-        self.nats = nats
-
-    async def call(self, send: Send, sink: ChunkSink | None) -> Delivered:
-        if send.record.status.engine_url:
-            return await self.http.call(send, sink)
-        return await self.nats.call(send, sink)
-
-    async def close(self) -> None:
-        await self.http.close()
-        await self.nats.close()

@@ -368,7 +368,7 @@ async def _reply(
         except TimeoutError:
             raise DeadlinePassed("GPUPLANE_INFERENCE_TIMEOUT_S, to the first chunk", limit_s) from None
         assert sink.meta is not None
-        return Reply(stream_headers(state, sink.meta), events=sink.events(task), request=task)
+        return Reply(stream_headers(state, sink.meta), events=sink.events(), request=task)
     try:
         async with asyncio.timeout(limit_s):
             answer = await plane.submit(ask)
