@@ -254,7 +254,7 @@ class Engine:
         scheme, _, credential = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(credential.strip().encode(), self._token.encode()):
             response = _plain_error(
-                401, "this engine needs Authorization: Bearer <its token>", "invalid_request_error", "invalid_api_key"
+                401, "this engine needs Authorization: Bearer <its token>", "authentication_error", "invalid_api_key"
             )
             response.headers["WWW-Authenticate"] = "Bearer"
             return response
