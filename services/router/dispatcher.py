@@ -169,10 +169,6 @@ class Dispatcher:
     def pools(self) -> Pools:
         return self.core.pools
 
-    @property
-    def policy(self) -> RoutingPolicy:
-        return self.core.policy
-
     # ------------------------------------------------------------------ wiring
 
     async def start(self) -> None:
@@ -280,9 +276,6 @@ class Dispatcher:
             if out.send.pending.waiters == [waiter] and not out.abandoned and out.task is not None:
                 out.abandoned = True
                 out.task.cancel()
-
-    def retry_after_s(self) -> float:
-        return self.core.retry_after(self.clock())
 
     def pump(self) -> None:
         if len(self.core.queue):
