@@ -558,6 +558,9 @@ class WorkerStatus(Message):
     vram_used_mb: int | None = Field(default=None, ge=0)
     utilization_percent: float | None = Field(default=None, ge=0, le=100)
     """Busy fraction since the last status (the simulated backend's stand-in for NVML's)."""
+    speed: float | None = Field(default=None, gt=0)
+    """The device's speed relative to the reference GPU (1.0; the catalog's latencies are for it): routers'
+    guess of a request's time on a worker that has not measured one yet. None: unknown (taken as 1.0)."""
     engine_url: str | None = None
     """The engine's OpenAI-compatible base URL (as an OpenAI client's ``base_url``: ``http://host:port/v1``) a
     data plane sends this worker's requests to directly; None: only through the worker (``WorkerTask`` over NATS)."""

@@ -264,6 +264,7 @@ def make_snapshot(
     latency_avg_s: float = 0.0,
     error_rate: float = 0.0,
     has_room: bool = True,
+    speed: float = 1.0,
 ) -> WorkerSnapshot:
     """A worker as a routing policy sees it."""
     return WorkerSnapshot(
@@ -278,6 +279,7 @@ def make_snapshot(
         latency_avg_s=latency_avg_s,
         error_rate=error_rate,
         has_room=has_room,
+        speed=speed,
     )
 
 

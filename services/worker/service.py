@@ -477,6 +477,7 @@ def start_for(settings: WorkerSettings, *, clock: Callable[[], float] = time.mon
             gpu_uuid=profile.gpu_uuid,
             gpu_name=profile.gpu_name,
             vram_total_mb=profile.vram_total_mb,
+            speed=profile.speed,
         )
         config = BackendConfig(
             worker_id=worker_id,

@@ -28,6 +28,8 @@ class WorkerSnapshot:
     current_group: str | None = None
     latency_avg_s: float = 0.0
     """Measured time per request on this worker; 0 until it has served one."""
+    speed: float = 1.0
+    """The device's speed relative to the reference GPU: until it has measured, the catalog's guess over this."""
     error_rate: float = 0.0
     has_room: bool = True
     """Below its admission limit (slots plus the per-worker queue the router allows)."""

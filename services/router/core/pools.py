@@ -173,6 +173,7 @@ class Pools:
             cpu_cached_groups=frozenset(status.cpu_cached_groups),
             current_group=status.current_group,
             latency_avg_s=status.latency_avg_s,
+            speed=status.speed or 1.0,
             error_rate=status.error_count / status.request_count if status.request_count else 0.0,
             has_room=self.room(record),
         )

@@ -22,6 +22,8 @@ class WorkerIdentity:
     gpu_uuid: str | None = None
     gpu_name: str | None = None
     vram_total_mb: int | None = None
+    speed: float | None = None
+    """Relative to the reference GPU (the catalog's latencies are for it)."""
     engine_url: str | None = None
     """The OpenAI base URL (``http://host:port/v1``) the data plane sends requests to directly; None: over NATS only."""
 
@@ -72,6 +74,7 @@ def build_status(
         vram_total_mb=identity.vram_total_mb,
         vram_used_mb=backend.vram_used_mb,
         utilization_percent=utilization_percent,
+        speed=identity.speed,
         engine_url=identity.engine_url,
         sequence=sequence,
         at=at,

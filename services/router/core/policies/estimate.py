@@ -9,8 +9,11 @@ ERROR_PENALTY = 4.0
 
 
 def service_s(worker: WorkerSnapshot, request: PlacementRequest) -> float:
-    """The worker's measured time per request, else the catalog's guess."""
-    return worker.latency_avg_s if worker.latency_avg_s > 0 else request.expected_latency_s
+    """The worker's measured time per request, else the catalog's guess (for the reference GPU) over the
+    device's speed, so that before anything is measured a fast GPU is not taken for a slow one."""
+    if worker.latency_avg_s > 0:
+        return worker.latency_avg_s
+    return request.expected_latency_s / worker.speed
 
 
 def switch_s(worker: WorkerSnapshot, request: PlacementRequest) -> float:

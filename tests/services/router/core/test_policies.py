@@ -68,6 +68,9 @@ def test_error_penalty_is_documented_figure() -> None:
         pytest.param(make_snapshot(latency_avg_s=0.2), 0.2, 1.0, id="measured-disk"),
         pytest.param(make_snapshot(groups=(GROUP,), cpu_cached_groups=(GROUP,)), 0.5, 0.0, id="holds-and-cached"),
         pytest.param(make_snapshot(cpu_cached_groups=("other",)), 0.5, 1.0, id="other-group-cached"),
+        pytest.param(make_snapshot(groups=(GROUP,), speed=0.25), 2.0, 0.0, id="slow-gpu-unmeasured"),
+        pytest.param(make_snapshot(groups=(GROUP,), speed=2.0), 0.25, 0.0, id="fast-gpu-unmeasured"),
+        pytest.param(make_snapshot(groups=(GROUP,), speed=0.25, latency_avg_s=0.3), 0.3, 0.0, id="measured-wins"),
     ],
 )
 def test_service_and_switch(worker: WorkerSnapshot, service: float, switch: float) -> None:
@@ -84,6 +87,14 @@ def holder(load: int = 0, worker_id: str = "h", **kw: object) -> WorkerSnapshot:
 
 def other(load: int = 0, worker_id: str = "o", **kw: object) -> WorkerSnapshot:
     return make_snapshot(worker_id, groups=("group-b",), load=load, **kw)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", ["affinity", "p2c"])
+def test_before_anything_is_measured_the_faster_gpu_is_expected_to_finish_sooner(name: str) -> None:
+    """The reference pair: cuda:0 (speed 1.0) and the 4 GB card (0.08), neither holding the group."""
+    fast, slow = make_snapshot("fast", speed=1.0), make_snapshot("slow", device="cuda:1", speed=0.08)
+    picks = {make_policy(name).choose(REQ, [slow, fast], rng(seed)).worker_id for seed in range(20)}  # type: ignore[union-attr]
+    assert picks == {"fast"}
 
 
 def test_affinity_picks_the_holder() -> None:
