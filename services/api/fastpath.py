@@ -16,7 +16,7 @@ from starlette.routing import BaseRoute
 
 from services.api.access import Principal
 from services.api.deps import GatewayState
-from services.api.guard import ASGIApp, Message, Receive, Scope, Send
+from services.api.guard import ASGIApp, Message, Receive, Scope, Send, scope_header
 from services.api.routes.inference import PRIORITY_HEADER, Reply, error_response, reply
 from shared.contracts import InferenceKind
 from shared.errors import BusUnavailable, GpuplaneError
@@ -65,7 +65,7 @@ class InferenceFastPath:
             raw = scope["state"].get("body")
             if raw is None:
                 raw = await _body(receive)
-            answer = await reply(kind, raw, state, plane, principal, _header(scope, PRIORITY_KEY))
+            answer = await reply(kind, raw, state, plane, principal, scope_header(scope, PRIORITY_KEY))
         except GpuplaneError as exc:
             response = error_response(exc, state.settings.retry_after_s)
             if response.status_code >= 500:
@@ -119,10 +119,3 @@ async def _body(receive: Receive) -> bytes:
         parts.append(message.get("body", b""))
         if not message.get("more_body", False):
             return b"".join(parts)
-
-
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope.get("headers", ()):
-        if key.lower() == name:
-            return str(value.decode("latin-1"))
-    return None

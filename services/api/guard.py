@@ -92,6 +92,14 @@ async def send_json(send: Send, status: int, body: object, headers: dict[str, st
     await send({"type": "http.response.body", "body": data})
 
 
+def scope_header(scope: Scope, name: bytes) -> str | None:
+    """One request header (``name`` in lower case), without building them all."""
+    for key, value in scope.get("headers", ()):
+        if key.lower() == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
 def _headers(scope: Scope) -> dict[str, str]:
     return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
 
@@ -191,8 +199,11 @@ class Guard:
             raise Refusal(
                 401,
                 "unauthenticated",
-                ("that credential is not valid (a wrong token, a revoked key or an expired session); "
-                 if presented else "a credential is needed: ")
+                (
+                    "that credential is not valid (a wrong token, a revoked key or an expired session); "
+                    if presented
+                    else "a credential is needed: "
+                )
                 + "send 'Authorization: Bearer <admin token or inference key>'",
                 headers={"WWW-Authenticate": 'Bearer realm="gpuplane"'},
             )

@@ -12,7 +12,7 @@ import uuid
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, format_span_id, format_trace_id
 
-from services.api.guard import ASGIApp, Message, Receive, Scope, Send
+from services.api.guard import ASGIApp, Message, Receive, Scope, Send, scope_header
 from shared.bus.core import reset_correlation_id, set_correlation_id
 from shared.telemetry import http_metrics
 
@@ -38,7 +38,7 @@ class Telemetry:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        correlation = _header(scope, CORRELATION_KEY) or uuid.uuid4().hex
+        correlation = scope_header(scope, CORRELATION_KEY) or uuid.uuid4().hex
         token = set_correlation_id(correlation)
         method: str = scope["method"]
         started = time.perf_counter()
@@ -84,10 +84,3 @@ class Telemetry:
 
 
 CORRELATION_KEY = CORRELATION_HTTP_HEADER.lower().encode()
-
-
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope.get("headers", ()):
-        if key.lower() == name:
-            return str(value.decode("latin-1"))
-    return None

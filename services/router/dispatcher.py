@@ -32,7 +32,7 @@ from shared.contracts import (
     ServiceName,
     WorkerStatus,
 )
-from shared.errors import GpuplaneError, InvalidRequest, NotFound, OperationFailed
+from shared.errors import GpuplaneError, InvalidRequest, NotFound
 from shared.fleet import LatestInventories
 from shared.modelgroups import ModelCatalog
 from shared.subjects import INVENTORY_ALL, WORKER_STATUS_ALL
@@ -371,6 +371,3 @@ class Dispatcher:
             "queued": str(len(self.core.queue)),
             "in_flight": str(len(self.out)),
         }
-
-
-__all__ = ["Answer", "Dispatcher", "OperationFailed"]

@@ -3,7 +3,9 @@
 The core decides where a request goes; a transport only carries it there and brings the answer back.
 The dispatcher picks per worker: ``HttpEngine`` to the engine's ``engine_url`` when the worker advertises
 one (one hop, bytes passed through), else ``NatsWorker``: a ``WorkerTask`` to the worker over NATS (an
-engine the data plane cannot reach, or one whose key must not travel).
+engine the data plane cannot reach, or one whose key must not travel). Both raise ``WorkerLost``,
+``OperationFailed`` (the worker's failure) or ``InvalidRequest``/``NotFound`` (the client's mistake, as the
+engine judged it).
 """
 
 from __future__ import annotations
@@ -85,15 +87,6 @@ class ChunkSink(Protocol):
     async def end(self, error: str | None) -> None:
         """The stream is over: after its last chunk (``None``), or broken off with ``error``."""
         ...
-
-
-class Transport(Protocol):
-    async def call(self, send: Send, sink: ChunkSink | None) -> Delivered:
-        """Carry ``send`` to its worker; ``WorkerLost``, ``OperationFailed`` (the worker's failure), or
-        ``InvalidRequest``/``NotFound`` (the client's mistake, as the engine judged it)."""
-        ...
-
-    async def close(self) -> None: ...
 
 
 def meta_of(send: Send) -> StreamMeta:
@@ -327,9 +320,6 @@ class NatsWorker:
         self._clock = clock
         self.out: dict[str, _NatsOut] = {}
         """Tasks out, for the lost-answer watch."""
-
-    async def close(self) -> None:
-        """Nothing of its own to close: the bus is the shell's."""
 
     async def check_answers(self) -> int:
         """One round of the lost-answer watch: a task whose worker no longer holds it and whose answer has not

@@ -41,8 +41,14 @@ ANSWERS: dict[int | str, dict[str, Any]] = {
     422: {"description": "Not a backup file, or a field in it is wrong; `detail[].loc` names it."},
     503: {"model": ErrorOut, "description": "The planner or its database is not ready."},
 }
-EXPORTED_SETTINGS = ("auth", "allowed_hosts", "metrics_public", "session_ttl_s", "control_body_max_bytes",
-                     "inference_body_max_bytes")
+EXPORTED_SETTINGS = (
+    "auth",
+    "allowed_hosts",
+    "metrics_public",
+    "session_ttl_s",
+    "control_body_max_bytes",
+    "inference_body_max_bytes",
+)
 """The gateway's settings a backup records (none of them secret)."""
 
 

@@ -143,9 +143,7 @@ async def apply(bus: BusDep, state: StateDep, who: PrincipalDep, request: Reques
     return _accepted(reply)
 
 
-@router.post(
-    "/rollback", status_code=202, response_model=RunAcceptedOut, responses=RUN_ANSWERS, summary="Roll back"
-)
+@router.post("/rollback", status_code=202, response_model=RunAcceptedOut, responses=RUN_ANSWERS, summary="Roll back")
 async def rollback(bus: BusDep, state: StateDep, who: PrincipalDep, request: Request) -> RunAcceptedOut:
     """Restore the configuration that was applied before the last successful run that changed something,
     containers and saved configuration both."""

@@ -23,6 +23,7 @@ log = logging.getLogger("gpuplane.api.health")
 async def _false() -> bool:
     return False
 
+
 router = APIRouter(tags=["health"])
 
 OPTIONAL_SERVICES = frozenset({ServiceName.WORKER.value})

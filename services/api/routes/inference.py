@@ -62,8 +62,6 @@ from shared.errors import (
 log = logging.getLogger("gpuplane.api.inference")
 
 PRIORITY_HEADER = "X-Gpuplane-Priority"
-CHUNK_GRACE_S = 5.0
-"""How long to wait for chunks still on their way once the router has answered a streamed request."""
 
 _EXCLUSIVE_GPU = re.compile(r"^(?:[^/\s]+/)?cuda:\d+$")
 

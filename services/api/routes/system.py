@@ -61,9 +61,7 @@ async def list_gpus(read_model: ReadModelDep) -> GpusOut:
     return current(read_model)
 
 
-@router.post(
-    "/gpu-config/detect", response_model=GpusOut, responses=UNAVAILABLE, summary="Rescan GPUs now"
-)
+@router.post("/gpu-config/detect", response_model=GpusOut, responses=UNAVAILABLE, summary="Rescan GPUs now")
 async def detect(
     bus: BusDep, read_model: ReadModelDep, state: StateDep, who: PrincipalDep, request: Request
 ) -> GpusOut:
