@@ -1,6 +1,8 @@
 // One server-sent-events stream (/api/events) for the whole console: the NATS events the pages show live.
 // Event names: inventory, gpu_health, config, progress, worker, audit, ready. Each `data` is the NATS
-// message's JSON as published (its `type` says the contract and version).
+// message's JSON as published (its `type` says the contract and version). Pages also hear `resync`: the
+// stream has just (re)opened (`ready`), or the server dropped events for it (`resync`); what happened
+// meanwhile was not seen live, so a page that shows live lists re-reads them over HTTP.
 
 const listeners = new Map();
 let source = null;
@@ -18,6 +20,9 @@ function ensure() {
   source = new EventSource("/api/events");
   for (const kind of ["inventory", "gpu_health", "config", "progress", "worker", "audit"]) {
     source.addEventListener(kind, (event) => dispatch(kind, event));
+  }
+  for (const gap of ["ready", "resync"]) {
+    source.addEventListener(gap, () => { for (const fn of listeners.get("resync") || []) fn(null); });
   }
   source.addEventListener("open", () => setConnected(true));
   source.addEventListener("error", () => setConnected(false));  // EventSource reconnects by itself

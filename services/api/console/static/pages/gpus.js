@@ -995,6 +995,8 @@ export async function mount(root, {api, events}) {
     events.on("inventory", onInventory),
     events.on("gpu_health", onGpuHealth),
     events.on("progress", onProgress),
+    // The stream (re)opened or dropped events: what changed meanwhile comes from a fresh read.
+    events.on("resync", () => { loadGpus(); loadStatus(); }),
     events.on("config", (message) => {
       const revision = message && message.config && message.config.revision;
       if (!state.config || revision == null || revision <= state.config.revision || state.busy) return;

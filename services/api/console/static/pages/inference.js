@@ -337,7 +337,9 @@ export async function mount(root, {api, events}) {
 
   const timer = setInterval(schedule, REFRESH_MS);
   document.addEventListener("visibilitychange", schedule);
-  const off = events.on("worker", schedule);
+  const offWorker = events.on("worker", schedule);
+  const offResync = events.on("resync", schedule);
+  const off = () => { offWorker(); offResync(); };
   refresh();
   pg.loadModels();
 

@@ -296,7 +296,9 @@ function auditPanel(api, events) {
   filter.addEventListener("change", () => load());
   older.addEventListener("click", () => load(true));
 
-  const off = events.on("audit", (record) => {
+  // Records made before the stream (re)opened, or dropped for it, come from a fresh read.
+  const offResync = events.on("resync", () => load());
+  const offAudit = events.on("audit", (record) => {
     if (filter.value && record.action !== filter.value) return;
     const sig = signature(record);
     if (shown.has(sig)) return;
@@ -310,6 +312,7 @@ function auditPanel(api, events) {
       h("div", {class: "audit-filter"}, h("label", {for: "audit-filter"}, "Action"), filter)),
     message, h("div", {class: "table-wrap"}, tableEl), empty,
     h("div", {class: "actions"}, older));
+  const off = () => { offResync(); offAudit(); };
   return {panel, load, off};
 }
 
