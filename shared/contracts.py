@@ -521,6 +521,23 @@ class WorkerState(StrEnum):
     STOPPED = "stopped"
 
 
+class EngineSignals(Frozen):
+    """An inference engine's own load figures, read from its metrics or slots (None: it does not say)."""
+
+    kind: str = Field(min_length=1, max_length=32)
+    """``llamacpp``, ``vllm``, ``ollama``, ``tgi``, or ``openai`` for an engine that says nothing of itself."""
+    requests_running: int | None = Field(default=None, ge=0)
+    requests_waiting: int | None = Field(default=None, ge=0)
+    slots_total: int | None = Field(default=None, ge=1)
+    """Requests it decodes at once (llama.cpp's slots; vLLM's max_num_seqs when exposed)."""
+    kv_cache_usage: float | None = Field(default=None, ge=0, le=1)
+    """Fraction of the KV cache in use."""
+    prompt_tokens_total: int | None = Field(default=None, ge=0)
+    prompt_tokens_cached_total: int | None = Field(default=None, ge=0)
+    """Prompt tokens served from its prefix cache (llama.cpp), the figure prefix affinity raises."""
+    generation_tokens_per_s: float | None = Field(default=None, ge=0)
+
+
 class WorkerStatus(Message):
     """A worker's registration and heartbeat: what it holds and how busy it is.
 
@@ -564,6 +581,9 @@ class WorkerStatus(Message):
     engine_url: str | None = None
     """The engine's OpenAI-compatible base URL (as an OpenAI client's ``base_url``: ``http://host:port/v1``) a
     data plane sends this worker's requests to directly; None: only through the worker (``WorkerTask`` over NATS)."""
+    engine: EngineSignals | None = None
+    """What the engine itself reports (llama.cpp ``/slots`` and ``llamacpp:*`` metrics, vLLM's ``vllm:*``
+    metrics), when the worker can read them: requests other clients sent it directly count too."""
     sequence: int = Field(default=0, ge=0)
     at: datetime = Field(default_factory=utc_now)
 
