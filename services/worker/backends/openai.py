@@ -20,8 +20,9 @@ import aiohttp
 
 from services.worker.backends.base import BackendConfig, ChunkSink, Execution, LoadResult
 from services.worker.core.responses import input_items
+from services.worker.core.signals import LLAMACPP, signals_from
 from services.worker.core.status import BackendState
-from shared.contracts import InferenceKind, WorkerTask
+from shared.contracts import EngineSignals, InferenceKind, WorkerTask
 from shared.errors import ConfigError, InvalidRequest, NotFound, OperationFailed
 
 log = logging.getLogger("gpuplane.worker.openai")
@@ -34,6 +35,8 @@ PATHS: dict[InferenceKind, str] = {
 MESSAGE_CHARS = 500
 MODELS_TIMEOUT_S = 10.0
 """Listing models is quick on any upstream; one that hangs must not hold up the worker's start."""
+PROBE_TIMEOUT_S = 2.0
+"""An engine too busy to list its metrics within this is busy: the last figures stand."""
 STREAM_LINE_MAX_BYTES = 16 * 1024 * 1024
 """A streamed line longer than this is not an SSE event: the upstream is broken."""
 
@@ -61,6 +64,10 @@ class OpenAIBackend:
         self._models_known = False
         self._current: str | None = None
         self._last_problem: str | None = None
+        self._signals: EngineSignals | None = None
+        self._closed = False
+        self._slots_served = True
+        """Whether ``/slots`` may answer (llama.cpp without ``--slots`` says 501: not asked again)."""
 
     @property
     def models(self) -> tuple[str, ...]:
@@ -89,11 +96,57 @@ class OpenAIBackend:
         await self._refresh_quietly()
 
     async def maintain(self) -> None:
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._refresh_models_forever())
+            if self._config.engine_probe_interval_s > 0:
+                group.create_task(self._probe_forever())
+
+    async def _refresh_models_forever(self) -> None:
         while True:
             await asyncio.sleep(self._config.upstream_models_interval_s)
             await self._refresh_quietly()
 
+    async def _probe_forever(self) -> None:
+        while True:
+            await self.probe_engine()
+            await asyncio.sleep(self._config.engine_probe_interval_s)
+
+    @property
+    def root_url(self) -> str:
+        """The server's root, where engines serve ``/metrics``, ``/slots`` and ``/health``."""
+        return self._url.removesuffix("/v1")
+
+    async def probe_engine(self) -> EngineSignals | None:
+        """Read the engine's own load figures (its metrics, and llama.cpp's slots); None when it gives none."""
+        metrics = await self._get_text("metrics")
+        kind_hint = signals_from(metrics).kind if metrics else None
+        slots = await self._get_text("slots") if self._slots_served and kind_hint in (None, LLAMACPP) else None
+        signals = signals_from(metrics, slots) if metrics or slots else None
+        if signals != self._signals:
+            before = self._signals
+            self._signals = signals
+            if before is None or signals is None or _load_of(before) != _load_of(signals):
+                self._config.on_change()
+        return signals
+
+    async def _get_text(self, path: str) -> str | None:
+        """``GET <root>/<path>``'s body, or None: engines that lack an endpoint are common, not an error."""
+        if self._closed:
+            return None
+        try:
+            async with self._client().get(
+                f"{self.root_url}/{path}", timeout=aiohttp.ClientTimeout(total=PROBE_TIMEOUT_S)
+            ) as response:
+                if path == "slots" and response.status in (404, 501):
+                    self._slots_served = False
+                if response.status != 200:
+                    return None
+                return await response.text()
+        except (TimeoutError, aiohttp.ClientError):
+            return None
+
     async def close(self) -> None:
+        self._closed = True
         if self._session is not None:
             await self._session.close()
 
@@ -258,7 +311,13 @@ class OpenAIBackend:
             current_group=self._current,
             models=self._models,
             vram_used_mb=self._config.profile.vram_used_mb if self._config.profile.gpu_uuid else None,
+            engine=self._signals,
         )
+
+
+def _load_of(signals: EngineSignals) -> tuple[int | None, int | None, float | None]:
+    """The figures a router places by: a change in these is worth a status now."""
+    return signals.requests_running, signals.requests_waiting, signals.kv_cache_usage
 
 
 def _upstream_message(raw: bytes, reason: str) -> str:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from services.worker.core.pool import Pool
-from shared.contracts import WorkerState, WorkerStatus
+from shared.contracts import EngineSignals, WorkerState, WorkerStatus
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,8 @@ class BackendState:
     cpu_cached_groups: tuple[str, ...] = ()
     models: tuple[str, ...] = ()
     vram_used_mb: int | None = None
+    engine: EngineSignals | None = None
+    """The engine's own figures (an upstream engine's metrics); None: it gives none, or this is the simulated one."""
 
 
 def build_status(
@@ -76,6 +78,7 @@ def build_status(
         utilization_percent=utilization_percent,
         speed=identity.speed,
         engine_url=identity.engine_url,
+        engine=backend.engine,
         sequence=sequence,
         at=at,
     )
