@@ -63,6 +63,7 @@ SERVICE_FLAGS: dict[str, dict[str, tuple[str, type, str]]] = {
         "--model-groups-file": ("model_groups_file", Path, "model-group catalog (default config/model_groups.yml)"),
         "--speed": ("speed", float, "simulated speed factor (default from the GPU)"),
         "--vram-mb": ("vram_mb", int, "VRAM of the device (default from the inventory)"),
+        "--agents": ("agents", bool, "host the agents of placed services with an API (instead of a device)"),
         "--engine-threads": ("engine_threads", int, "llamacpp backend: CPU threads of the engine (default 1)"),
         "--engine-model": ("engine_model", Path, "llamacpp backend: GGUF file (default SmolLM2-135M-Instruct)"),
     },
@@ -84,7 +85,10 @@ UP_FLAGS: dict[str, tuple[str, type, str]] = {
 
 def _add_flags(parser: argparse.ArgumentParser, flags: dict[str, tuple[str, type, str]]) -> None:
     for flag, (dest, kind, help_text) in flags.items():
-        parser.add_argument(flag, dest=dest, type=kind, default=None, help=help_text)
+        if kind is bool:
+            parser.add_argument(flag, dest=dest, action="store_const", const=True, default=None, help=help_text)
+        else:
+            parser.add_argument(flag, dest=dest, type=kind, default=None, help=help_text)
 
 
 def _overrides(args: argparse.Namespace, flags: dict[str, tuple[str, type, str]]) -> dict[str, Any]:

@@ -588,6 +588,64 @@ class WorkerStatus(Message):
     at: datetime = Field(default_factory=utc_now)
 
 
+class ServiceApi(Frozen):
+    """A catalog service's OpenAI-compatible API (``x-gpuplane: {api: {...}}``): the router sends to it once placed."""
+
+    port: int = Field(ge=1, le=65535)
+    """The port the server listens on inside the container (its published host port is found)."""
+    path: str = Field(default="/v1", pattern=r"^/[A-Za-z0-9._~/-]*$", max_length=200)
+    models: tuple[str, ...] = Field(min_length=1, max_length=64)
+    """The model names it serves (what clients put in ``model``)."""
+    kind: Literal["llamacpp", "vllm", "ollama", "tgi", "openai"] = "openai"
+
+
+class ServiceEndpoint(Frozen):
+    """One placed service's API where it runs now."""
+
+    service: Name
+    host: Name
+    device: str
+    """``cuda:N`` from the applied assignment (the first GPU of a multi-GPU service)."""
+    url: str
+    """OpenAI base URL (``http://host:port/v1``)."""
+    models: tuple[str, ...]
+    kind: str
+    container: str = ""
+    """The container's id (12 characters): a new one after every recreate."""
+
+
+class ServiceEndpoints(Message):
+    """Every placed service with an API that runs healthy on ``host``, as of ``at``."""
+
+    type: Literal["gpuplane.orchestrator.endpoints.v1"] = "gpuplane.orchestrator.endpoints.v1"
+    host: Name
+    endpoints: tuple[ServiceEndpoint, ...] = ()
+    problems: tuple[str, ...] = ()
+    """Services with an API that have no endpoint, and why (no published port, not running...)."""
+    at: datetime = Field(default_factory=utc_now)
+
+
+class EndpointsQuery(Message):
+    type: Literal["gpuplane.orchestrator.endpoints.query.v1"] = "gpuplane.orchestrator.endpoints.query.v1"
+
+
+class EndpointDrain(Message):
+    """Stop sending new requests to ``service``'s engine and say when its requests have finished."""
+
+    type: Literal["gpuplane.agents.drain.v1"] = "gpuplane.agents.drain.v1"
+    service: Name
+    timeout_s: float = Field(default=60.0, gt=0, le=3600)
+
+
+class EndpointDrained(Message):
+    type: Literal["gpuplane.agents.drained.v1"] = "gpuplane.agents.drained.v1"
+    service: Name
+    agents: int = Field(ge=0)
+    """Agents of the service that were drained (0: the router was not sending to it)."""
+    idle: bool
+    """Whether its engine had finished every request (False: ``timeout_s`` ran out first)."""
+
+
 class InferenceRequest(Message):
     """An OpenAI-style request as the gateway received it, for a router to place."""
 

@@ -22,14 +22,17 @@ from enum import StrEnum
 
 from shared.contracts import ServiceName
 from shared.subjects import (
+    AGENTS_DRAIN_ALL,
     AUDIT_ALL,
     CONFIG_CHANGED,
     DETECTOR_RESCAN,
+    ENDPOINTS_CHANGED,
     EVENTS_STREAM,
     GPU_HEALTH_ALL,
     HEARTBEAT_ALL,
     INVENTORY_ALL,
     ORCHESTRATOR_APPLY,
+    ORCHESTRATOR_ENDPOINTS,
     ORCHESTRATOR_PROGRESS,
     ORCHESTRATOR_ROLLBACK,
     ORCHESTRATOR_STATUS,
@@ -148,6 +151,8 @@ def permissions(identity: Identity, hosts: Iterable[str] | None = None) -> Permi
             publish=(
                 ORCHESTRATOR_PROGRESS,
                 ORCHESTRATOR_WORK,
+                ENDPOINTS_CHANGED,
+                AGENTS_DRAIN_ALL,
                 heartbeat(ServiceName.ORCHESTRATOR),
                 PLANNER_CONFIG_GET,
                 PLANNER_CONFIG_RESTORE,
@@ -174,6 +179,8 @@ def permissions(identity: Identity, hosts: Iterable[str] | None = None) -> Permi
         return Permissions(
             publish=(
                 *(f"{PREFIX}.worker.status.{h}.*" for h in own),
+                # The agents of placed services ask where those run.
+                ORCHESTRATOR_ENDPOINTS,
                 # Chunks of a task sent through the worker, to the router or gateway that sent it.
                 STREAM_TO_ROUTER,
                 STREAM_TO_API,
@@ -184,6 +191,8 @@ def permissions(identity: Identity, hosts: Iterable[str] | None = None) -> Permi
                 *(f"{PREFIX}.worker.task.{h}.*" for h in own),
                 *(f"{PREFIX}.worker.held.{h}.*" for h in own),
                 *(f"{PREFIX}.inventory.{h}" for h in own),
+                *(f"{PREFIX}.agents.drain.{h}" for h in own),
+                ENDPOINTS_CHANGED,
                 health(ServiceName.WORKER),
                 inbox,
             ),
@@ -226,6 +235,7 @@ OBSERVER_EVENTS: tuple[str, ...] = (
     CONFIG_CHANGED,
     ORCHESTRATOR_PROGRESS,
     WORKER_STATUS_ALL,
+    AGENTS_DRAIN_ALL,
     AUDIT_ALL,
 )
 """Everything the observer may watch: events, never requests, prompts or answers."""

@@ -75,6 +75,17 @@ ORCHESTRATOR_APPLY = f"{PREFIX}.svc.orchestrator.apply"
 ORCHESTRATOR_ROLLBACK = f"{PREFIX}.svc.orchestrator.rollback"
 ORCHESTRATOR_STATUS = f"{PREFIX}.svc.orchestrator.status"
 ORCHESTRATOR_PROGRESS = f"{PREFIX}.orchestrator.progress"
+ORCHESTRATOR_ENDPOINTS = f"{PREFIX}.svc.orchestrator.endpoints"
+"""Ask which placed services serve an OpenAI-compatible API, where (``ServiceEndpoints``)."""
+ENDPOINTS_CHANGED = f"{PREFIX}.orchestrator.endpoints"
+"""The orchestrator's ``ServiceEndpoints`` after every run: the agents follow them."""
+AGENTS_DRAIN_ALL = f"{PREFIX}.agents.drain.*"
+
+
+def agents_drain(host: str) -> str:
+    """Ask the agents of ``host`` to stop sending new requests to a service about to be recreated."""
+    return f"{PREFIX}.agents.drain.{token(host)}"
+
 
 # Work queues: each message is delivered to one consumer until it is acknowledged.
 ORCHESTRATOR_WORK = f"{PREFIX}.work.orchestrator.apply"

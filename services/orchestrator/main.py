@@ -18,6 +18,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 
+from services.orchestrator.core.endpoints import api_specs
 from services.orchestrator.core.inspect import project_name
 from services.orchestrator.engine import ComposeEngine, container_cmd_for, load_compose_documents
 from services.orchestrator.ports import EngineUnavailable, StoreUnavailable
@@ -32,12 +33,17 @@ from shared.contracts import (
     ConfigReply,
     ConfigRestoreRequest,
     ConfigSaved,
+    EndpointDrain,
+    EndpointDrained,
+    EndpointsQuery,
     GpuConfig,
     OrchestratorStatus,
     RollbackRequest,
     RunAccepted,
     RunKind,
     RunProgress,
+    ServiceApi,
+    ServiceEndpoints,
     ServiceName,
     StatusRequest,
     utc_now,
@@ -46,7 +52,9 @@ from shared.database import make_engine, until_available
 from shared.errors import BusError, ConfigError, GpuplaneError, NoResponders, RemoteError, RequestTimeout
 from shared.service import ServiceContext, StartFn, run
 from shared.subjects import (
+    ENDPOINTS_CHANGED,
     ORCHESTRATOR_APPLY,
+    ORCHESTRATOR_ENDPOINTS,
     ORCHESTRATOR_PROGRESS,
     ORCHESTRATOR_ROLLBACK,
     ORCHESTRATOR_STATUS,
@@ -54,6 +62,7 @@ from shared.subjects import (
     ORCHESTRATOR_WORK_CONSUMER,
     PLANNER_CONFIG_GET,
     PLANNER_CONFIG_RESTORE,
+    agents_drain,
     queue_group,
 )
 
@@ -87,6 +96,48 @@ class BusRunEvents:
         except BusError as exc:
             # The run is recorded in PostgreSQL either way; the event is a convenience for watchers.
             log.warning("progress of run %s not published: %s", run.id, exc)
+
+
+class BusAgents:
+    """The agents of this host's placed services, over NATS (a worker process hosts them)."""
+
+    def __init__(self, bus: Bus, host: str, drain_timeout_s: float) -> None:
+        self._bus = bus
+        self._host = host
+        self._drain_timeout_s = drain_timeout_s
+
+    async def drain(self, service: str) -> str | None:
+        try:
+            reply = await self._bus.request(
+                agents_drain(self._host),
+                EndpointDrain(service=service, timeout_s=self._drain_timeout_s),
+                EndpointDrained,
+                timeout_s=self._drain_timeout_s + 5.0,
+            )
+        except BusError as exc:
+            return f"requests were not drained first (no agent answered: {exc})"
+        if not reply.idle:
+            return f"its engine still had requests after {self._drain_timeout_s:g} s of draining"
+        log.info("%s drained (%d agent(s))", service, reply.agents)
+        return None
+
+    async def announce(self, endpoints: ServiceEndpoints) -> None:
+        try:
+            await self._bus.publish(ENDPOINTS_CHANGED, endpoints)
+        except BusError as exc:
+            log.warning("endpoints not announced: %s", exc)
+
+
+def api_specs_of(settings: OrchestratorSettings) -> dict[str, ServiceApi]:
+    """The services of the compose files that serve an OpenAI-compatible API (none when the files cannot be read)."""
+    files = settings.compose_paths()
+    if not files:
+        return {}
+    try:
+        return api_specs(load_compose_documents(files))
+    except ConfigError as exc:
+        log.warning("no service API is routed: %s", exc)
+        return {}
 
 
 def make_engine_for(settings: OrchestratorSettings) -> ComposeEngine:
@@ -142,6 +193,8 @@ def make_orchestrator(settings: OrchestratorSettings, bus: Bus) -> Orchestrator:
         health_grace_s=settings.health_grace_s,
         health_timeout_s=settings.health_timeout_s,
         health_poll_s=settings.health_poll_s,
+        host=settings.host_name,
+        apis=api_specs_of(settings),
     )
     return Orchestrator(
         make_engine_for(settings),
@@ -150,6 +203,7 @@ def make_orchestrator(settings: OrchestratorSettings, bus: Bus) -> Orchestrator:
         options,
         clock=utc_now,
         new_id=lambda: uuid.uuid4().hex[:12],
+        agents=BusAgents(bus, settings.host_name, settings.agents_drain_timeout_s),
     )
 
 
@@ -249,6 +303,9 @@ def make_start(
         async def on_status(_: StatusRequest, __: Delivery) -> OrchestratorStatus:
             return await orchestrator.status()
 
+        async def on_endpoints(_: EndpointsQuery, __: Delivery) -> ServiceEndpoints:
+            return await orchestrator.endpoints()
+
         async def on_work(work: ApplyWork, _: Delivery) -> None:
             # Returns once the run has ended, whatever went wrong in it, so the item is acknowledged once.
             # A run store that does not answer is waited out here rather than nak'd: JetStream gives up on
@@ -273,6 +330,7 @@ def make_start(
         await bus.subscribe(ORCHESTRATOR_APPLY, ApplyRequest, on_apply, queue=group)
         await bus.subscribe(ORCHESTRATOR_ROLLBACK, RollbackRequest, on_rollback, queue=group)
         await bus.subscribe(ORCHESTRATOR_STATUS, StatusRequest, on_status, queue=group)
+        await bus.subscribe(ORCHESTRATOR_ENDPOINTS, EndpointsQuery, on_endpoints, queue=group)
 
         async def background() -> None:
             if orchestrator.store is None:
@@ -289,6 +347,7 @@ def make_start(
             recovered = await _recover(orchestrator, settings)
             if recovered:
                 log.info("run %s left by a previous orchestrator is settled", recovered)
+            await orchestrator.announce_endpoints()
             await bus.consume(
                 ORCHESTRATOR_WORK,
                 ApplyWork,

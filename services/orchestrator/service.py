@@ -14,11 +14,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
+from services.orchestrator.core.endpoints import endpoints_of
 from services.orchestrator.core.health import judge
 from services.orchestrator.core.model import ContainerView, ServiceTarget
 from services.orchestrator.core.override import (
@@ -51,11 +52,13 @@ from shared.contracts import (
     OrchestratorStatus,
     RunKind,
     RunState,
+    ServiceApi,
+    ServiceEndpoints,
     ServiceProgress,
     ServiceState,
     TouchedContainer,
 )
-from shared.errors import ConfigError, Conflict, GpuplaneError
+from shared.errors import BusError, ConfigError, Conflict, GpuplaneError
 from shared.files import FileWriteFailed, read_text, restore, write_atomic
 from shared.names import InvalidName
 
@@ -100,6 +103,19 @@ class RunEvents(Protocol):
         ...
 
 
+class Agents(Protocol):
+    """The agents that register placed services' APIs with the router (a worker process per host)."""
+
+    async def drain(self, service: str) -> str | None:
+        """Stop new requests to ``service`` and wait for its engine to finish those it has; a note when that
+        could not be done (nobody answered, or time ran out). Must not raise."""
+        ...
+
+    async def announce(self, endpoints: ServiceEndpoints) -> None:
+        """Tell the agents where the services run now. Must not raise."""
+        ...
+
+
 @dataclass(frozen=True)
 class Options:
     override_path: Path
@@ -109,6 +125,10 @@ class Options:
     health_timeout_s: float = 300.0
     health_poll_s: float = 1.0
     problems_cache_s: float = 10.0
+    host: str = "localhost"
+    """This host's name: the endpoints' host."""
+    apis: Mapping[str, ServiceApi] = field(default_factory=dict)
+    """The services that serve an OpenAI-compatible API (``x-gpuplane: {api: ...}``), by name."""
 
 
 class Orchestrator:
@@ -124,8 +144,10 @@ class Orchestrator:
         clock: Callable[[], datetime],
         new_id: Callable[[], str],
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        agents: Agents | None = None,
     ) -> None:
         self.engine = engine
+        self.agents = agents
         self.config = config
         self.events = events
         self.options = options
@@ -253,6 +275,28 @@ class Orchestrator:
             compose=self.engine.describe(),
             problems=tuple(problems),
         )
+
+    async def endpoints(self) -> ServiceEndpoints:
+        """Where the services with an API run now (``EngineUnavailable`` when the engine cannot say)."""
+        containers = await self.engine.containers() if self.options.apis else []
+        try:
+            config = await self.config.saved() if self.options.apis else None
+        except BusError as exc:
+            # The containers' own assignment ids still say where they run.
+            log.debug("endpoints without the saved configuration: %s", exc)
+            config = None
+        return endpoints_of(self.options.host, self.options.apis, containers, config)
+
+    async def announce_endpoints(self) -> None:
+        """Tell the agents where the services with an API run (after a run, and at start)."""
+        if self.agents is None or not self.options.apis:
+            return
+        try:
+            endpoints = await self.endpoints()
+        except EngineUnavailable as exc:
+            log.warning("endpoints not announced: %s", exc)
+            return
+        await self.agents.announce(endpoints)
 
     async def drift(self) -> tuple[Drift, ...]:
         """Containers that do not run what the override file says (changed by hand, say)."""
@@ -571,6 +615,11 @@ class Orchestrator:
             else:
                 why = f"asked for: {'; '.join(differs) or 'no container yet'}"
             if not mine or differs or restoring and not all(c.running for c in mine):
+                if self.agents is not None and service in self.options.apis and any(c.running for c in mine):
+                    # The router must stop sending to the engine about to go, and its requests finish first.
+                    note = await self.agents.drain(service)
+                    if note:
+                        record = await self._note(record, f"{service}: {note}")
                 result = await self.engine.recreate(service)
                 after = await self.engine.containers()
                 record = with_run(
@@ -675,6 +724,8 @@ class Orchestrator:
         notes = (*record.run.notes, note) if note else record.run.notes
         record = await self._save(with_run(record, state=state, finished_at=self._clock(), error=error, notes=notes))
         log.info("run %s ended %s%s", record.run.id, state.value, f": {error}" if error else "")
+        if touched_containers(record):
+            await self.announce_endpoints()
         return record
 
     def _write_override(self, text: str | None) -> None:

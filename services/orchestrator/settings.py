@@ -48,6 +48,12 @@ class OrchestratorSettings(CommonSettings):
         default=300.0, gt=0, description="How long a container's healthcheck may take to pass after a recreate."
     )
     health_poll_s: float = Field(default=1.0, gt=0, description="How often a recreated container is inspected.")
+    agents_drain_timeout_s: float = Field(
+        default=60.0,
+        gt=0,
+        le=3600,
+        description="Before a service with an API is recreated, how long its engine may take to finish its requests.",
+    )
     command_timeout_s: float = Field(
         default=300.0, gt=0, description="Longest a compose or engine command may take before it counts as hung."
     )

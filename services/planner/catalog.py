@@ -21,6 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from services.planner.core.model import Precision, Role, ServiceSpec, mb
+from shared.contracts import ServiceApi
 from shared.errors import ConfigError
 from shared.names import NAME_RULE, is_valid_name
 
@@ -42,6 +43,8 @@ class CatalogEntry(BaseModel):
     role: Role = Role.OTHER
     gpus: int = Field(default=1, ge=1, le=64)
     precision: Precision | None = None
+    api: ServiceApi | None = None
+    """An OpenAI-compatible API the service serves: the orchestrator's agents route to it once placed."""
 
     @model_validator(mode="after")
     def _min_below_estimate(self) -> CatalogEntry:

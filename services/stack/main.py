@@ -135,6 +135,12 @@ def worker_specs(
     ]
 
 
+def agents_spec(settings: StackSettings, nats_url: str, host: str, access: StackAccess) -> ProcessSpec:
+    spec = worker_specs(settings, nats_url, [WorkerPlan(host, "cpu", "agents")], access)[0]
+    argv = [*spec.argv[: spec.argv.index("--device")], "--agents", "--host-name", host]
+    return ProcessSpec(name="agents", argv=argv, env=spec.env)
+
+
 @dataclass(frozen=True)
 class FleetChoice:
     fleet: Path | None
@@ -595,6 +601,9 @@ async def run_stack(settings: StackSettings) -> int:
         )
         for spec in worker_specs(settings, nats_url, [*plans, *engines], access):
             await supervisor.start(spec)
+        if catalog.compose_files and inventories:
+            # The placed services that serve an API are routed to through agents this process hosts.
+            await supervisor.start(agents_spec(settings, nats_url, inventories[0].host, access))
         if not await _wait_healthy(settings):
             log.warning("not every part reports healthy yet; see %s/healthz", f"http://127.0.0.1:{settings.http_port}")
         engine_ids = {plan.worker_id for plan in engines if plan.worker_id is not None}

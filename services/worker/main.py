@@ -86,6 +86,11 @@ async def supervise(specs: list[ProcessSpec]) -> None:
 
 
 def main(settings: WorkerSettings) -> None:
+    if settings.agents:
+        from services.worker.agents import start_agents
+
+        run(ServiceName.WORKER, settings, start_agents(settings))
+        return
     devices = settings.device_list()
     if len(devices) == 1:
         run(ServiceName.WORKER, settings, start_for(settings))

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import replace
 from datetime import datetime
 from typing import Any, Protocol
@@ -102,6 +102,12 @@ class _Stream:
         await self._publish(done=error is None, error=None if error is None else str(error))
 
 
+class Spawner(Protocol):
+    """Runs the worker's background loops (the service's context, or an agent's own set of tasks)."""
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]: ...
+
+
 class Worker:
     """One device's worker: the pool in front of the backend, and the status routers read."""
 
@@ -140,7 +146,7 @@ class Worker:
 
     # --------------------------------------------------------------- lifecycle
 
-    async def open(self, ctx: ServiceContext) -> None:
+    async def open(self, ctx: Spawner) -> None:
         """Prepare the backend, subscribe to tasks, start reporting; preload the default group."""
         settings = self._settings
         if settings.default_group is not None:
@@ -207,6 +213,15 @@ class Worker:
         await self.publish_status()
         self._final_sent = True
         await self.backend.close()
+
+    def drain(self) -> None:
+        """Take no new request (routers see ``draining``); those running finish. ``resume`` undoes it."""
+        if self.state is WorkerState.READY:
+            self._set_state(WorkerState.DRAINING)
+
+    def resume(self) -> None:
+        if self.state is WorkerState.DRAINING and not self._final_sent:
+            self._set_state(WorkerState.READY)
 
     def _set_state(self, state: WorkerState) -> None:
         if state is not self.state:

@@ -137,6 +137,18 @@ class WorkerSettings(CommonSettings):
         ge=0,
         description="openai, llamacpp: read the engine's own load figures (metrics, slots) this often; 0: never.",
     )
+    agents: bool = Field(
+        default=False,
+        description="Host the agents of placed services that serve an OpenAI-compatible API (x-gpuplane api), "
+        "following the orchestrator, instead of serving a device.",
+    )
+    agents_refresh_s: float = Field(default=15.0, gt=0, description="Agents: ask the orchestrator this often.")
+    agents_drain_grace_s: float = Field(
+        default=0.5, ge=0, description="Agents: after saying draining, how long before the engine counts as idle."
+    )
+    agents_ready_timeout_s: float = Field(
+        default=120.0, gt=0, description="Agents: how long a moved service's old agent waits for the new one."
+    )
     engine_body_max_bytes: int = Field(
         default=8 * MIB, ge=1024, description="Largest request body the engine takes (else 413)."
     )

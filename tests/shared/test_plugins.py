@@ -164,7 +164,7 @@ def _detector_backends() -> Registry[Any, Any]:
             ("manual", "vram_based", "latency_optimized", "isolation_first", "balanced"),
             id="planner",
         ),
-        pytest.param(_worker_backends, "worker backend", ("simulated", "openai"), id="worker"),
+        pytest.param(_worker_backends, "worker backend", ("llamacpp", "openai", "simulated"), id="worker"),
         pytest.param(
             _detector_backends, "GPU backend", ("auto", "nvml", "nvidia-smi", "simulated", "none"), id="detector"
         ),

@@ -55,7 +55,31 @@ def parse_inspect(doc: Mapping[str, Any]) -> ContainerView:
         labels=labels,
         started_at=parse_timestamp(state.get("StartedAt")),
         created_at=parse_timestamp(doc.get("Created")),
+        ports=parse_ports(_mapping(doc.get("NetworkSettings")).get("Ports")),
+        addresses=_addresses(_mapping(doc.get("NetworkSettings"))),
     )
+
+
+def parse_ports(value: object) -> dict[int, tuple[str, int]]:
+    """``NetworkSettings.Ports`` (``{"8080/tcp": [{"HostIp": "127.0.0.1", "HostPort": "18481"}]}``) as
+    container TCP port -> (host address, host port); the first binding of each port."""
+    ports: dict[int, tuple[str, int]] = {}
+    for key, bindings in _mapping(value).items():
+        number, _, protocol = str(key).partition("/")
+        if protocol not in ("", "tcp") or not number.isdigit() or not isinstance(bindings, list):
+            continue
+        for binding in bindings:
+            host_port = str(_mapping(binding).get("HostPort") or "")
+            if host_port.isdigit():
+                ports[int(number)] = (str(_mapping(binding).get("HostIp") or ""), int(host_port))
+                break
+    return ports
+
+
+def _addresses(network: Mapping[str, Any]) -> tuple[str, ...]:
+    found = [str(network.get("IPAddress") or "")]
+    found += [str(_mapping(n).get("IPAddress") or "") for n in _mapping(network.get("Networks")).values()]
+    return tuple(dict.fromkeys(a for a in found if a))
 
 
 def parse_env(entries: Iterable[str]) -> dict[str, str]:

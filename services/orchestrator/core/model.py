@@ -68,6 +68,10 @@ class ContainerView:
     labels: Mapping[str, str] = field(default_factory=dict)
     started_at: datetime | None = None
     created_at: datetime | None = None
+    ports: Mapping[int, tuple[str, int]] = field(default_factory=dict)
+    """Published TCP ports: container port -> (host address, host port)."""
+    addresses: tuple[str, ...] = ()
+    """The container's own addresses on its networks."""
 
     @property
     def has_healthcheck(self) -> bool:

@@ -114,7 +114,7 @@ def test_bad_device_in_env_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_unknown_backend_lists_the_valid_ones() -> None:
-    with pytest.raises(ValidationError, match="unknown worker backend 'tpu'; valid: simulated, openai"):
+    with pytest.raises(ValidationError, match="unknown worker backend 'tpu'; valid: llamacpp, openai, simulated"):
         WorkerSettings(backend="tpu")
 
 

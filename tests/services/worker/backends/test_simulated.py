@@ -185,5 +185,5 @@ def test_default_group_must_fit() -> None:
 
 def test_unknown_backend_lists_the_valid_ones() -> None:
     profile = DeviceProfile(device="cpu", vram_total_mb=16384, vram_used_mb=0, speed=0.1, slots=1)
-    with pytest.raises(ConfigError, match="unknown worker backend 'tpu'; valid: simulated, openai"):
+    with pytest.raises(ConfigError, match="unknown worker backend 'tpu'; valid: llamacpp, openai, simulated"):
         open_backend("tpu", BackendConfig(worker_id="w", host="h", profile=profile, catalog=make_catalog()))
