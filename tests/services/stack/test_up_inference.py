@@ -181,3 +181,17 @@ def test_api_gpu_stats_models_and_queue_answer_in_shape(stack: Stack) -> None:
     for worker in queue["workers"]:
         assert {"worker_id", "queue_size", "busy", "in_flight", "slots"} <= set(worker)
     assert queue["router"]["policy"] == "affinity"
+
+
+def test_up_runs_real_llama_cpp_engines_beside_the_simulated_fleet(stack: Stack) -> None:
+    wait_until(lambda: "Models     real: smollm2-135m" in stack.output(), 30, "the banner's Models line", stack)
+    question = [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}]
+    reply = stack.http.post(
+        "/v1/chat/completions",
+        json={"model": "smollm2-135m", "messages": question, "temperature": 0, "max_tokens": 24},
+        timeout=60,
+    )
+    assert reply.status_code == 200, reply.text
+    assert "Paris" in reply.json()["choices"][0]["message"]["content"]
+    assert reply.headers["X-Gpuplane-Worker"].endswith("-llamacpp")
+    assert reply.json()["usage"]["prompt_tokens"] > 0  # the engine's own count, not a simulated one

@@ -91,6 +91,11 @@ def demo_project(sandbox: PodmanSandbox, directory: Path) -> tuple[Path, str]:
     document["name"] = name
     for service in document["services"].values():
         service["image"] = BUSYBOX_IMAGE
+        if "command" not in service:
+            # The demo's model service runs a real engine; the console's pages only need a container that stays up.
+            service["command"] = ["sh", "-c", "trap 'exit 0' TERM; sleep 86400 & wait"]
+            for key in ("healthcheck", "ports"):
+                service.pop(key, None)
     directory.mkdir(parents=True, exist_ok=True)
     compose_file = directory / "docker-compose.yml"
     compose_file.write_text(yaml.safe_dump(document, sort_keys=False))
