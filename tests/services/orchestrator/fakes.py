@@ -15,7 +15,7 @@ from services.orchestrator.core.model import TARGET_LABEL, CommandResult, Contai
 from services.orchestrator.core.override import parse_override
 from services.orchestrator.core.reconcile import dependents
 from services.orchestrator.ports import EngineUnavailable, RunConflict, RunRecord
-from shared.contracts import ApplyRun, GpuConfig, ServiceAssignment
+from shared.contracts import ApplyRun, GpuConfig, ServiceAssignment, ServiceEndpoints
 from tests.builders import FIXED_TIME, make_gpu
 
 
@@ -54,6 +54,8 @@ class FakeEngine:
     problems_found: list[str] = field(default_factory=list)
     containers_now: dict[str, ContainerView] = field(default_factory=dict)
     recreated: list[str] = field(default_factory=list)
+    published: dict[str, dict[int, tuple[str, int]]] = field(default_factory=dict)
+    """service -> its containers' published ports (container port -> host address, host port)."""
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     def start_all(self) -> None:
@@ -81,6 +83,7 @@ class FakeEngine:
             labels={TARGET_LABEL: target.digest} if not target.empty else {},
             started_at=self.clock(),
             created_at=self.clock(),
+            ports=dict(self.published.get(service, {})),
         )
         self.containers_now[service] = container
         return container
@@ -236,3 +239,20 @@ class RecordedEvents:
             if not states or states[-1] != state:
                 states.append(state)
         return states
+
+
+class RecordedAgents:
+    """The agents' side of a move: which services were drained (and which container ran then), what was announced."""
+
+    def __init__(self, engine: FakeEngine, note: str | None = None) -> None:
+        self.engine = engine
+        self.note = note
+        self.drained: list[tuple[str, str]] = []
+        self.announced: list[ServiceEndpoints] = []
+
+    async def drain(self, service: str) -> str | None:
+        self.drained.append((service, self.engine.containers_now[service].id))
+        return self.note
+
+    async def announce(self, endpoints: ServiceEndpoints) -> None:
+        self.announced.append(endpoints)

@@ -12,7 +12,7 @@ import yaml
 from services.orchestrator.core.override import parse_override
 from services.orchestrator.ports import RunConflict, RunRecord, StoreUnavailable
 from services.orchestrator.service import ApplyRefused, NothingToRollBack, Options, Orchestrator
-from shared.contracts import RunKind, RunState, ServiceProgress, ServiceState
+from shared.contracts import RunKind, RunState, ServiceApi, ServiceProgress, ServiceState
 from shared.errors import Conflict
 from shared.names import InvalidName
 from tests.builders import make_gpu
@@ -21,6 +21,7 @@ from tests.services.orchestrator.fakes import (
     FakeEngine,
     FakePlanner,
     FakeRunStore,
+    RecordedAgents,
     RecordedEvents,
     assignment,
 )
@@ -466,3 +467,77 @@ async def test_recover_gives_up_on_a_run_it_cannot_even_mark_failed_without_rais
 
     assert "could not be marked failed either" in caplog.text
     assert "RuntimeError: the store is broken" in caplog.text
+
+
+# --------------------------------------------------------------------------- services with an API (agents)
+
+API = ServiceApi(port=8080, models=("smollm2-135m",), kind="llamacpp")
+
+
+def world_with_agents(tmp_path: Path, note: str | None = None) -> tuple[World, RecordedAgents]:
+    w = World(tmp_path)
+    agents = RecordedAgents(w.engine, note)
+    w.engine.published["ai-clip"] = {8080: ("127.0.0.1", 18481)}
+    w.orchestrator = Orchestrator(
+        w.engine,
+        w.planner,
+        w.events,
+        Options(override_path=w.override, health_grace_s=5, health_poll_s=1, host="box", apis={"ai-clip": API}),
+        clock=w.clock,
+        new_id=lambda: "run-agents",
+        sleep=w.clock.sleep,
+        agents=agents,
+    )
+    w.orchestrator.store = w.store
+    return w, agents
+
+
+async def test_a_service_with_an_api_is_drained_before_it_is_recreated_and_announced_after(tmp_path: Path) -> None:
+    w, agents = world_with_agents(tmp_path)
+    w.engine.start_all()
+    before = w.engine.containers_now["ai-clip"].id
+    w.planner.save(assignment("ai-llm", 0), assignment("ai-enrichment", 0, budget=6.8), assignment("ai-clip", 1))
+
+    record = await w.apply()
+
+    assert record.run.state is RunState.SUCCEEDED
+    assert agents.drained == [("ai-clip", before)]  # the old container still ran when its agents were asked
+    [announced] = agents.announced
+    [endpoint] = announced.endpoints
+    assert (endpoint.service, endpoint.device, endpoint.url, endpoint.models) == (
+        "ai-clip",
+        "cuda:1",
+        "http://127.0.0.1:18481/v1",
+        ("smollm2-135m",),
+    )
+    assert endpoint.container == w.engine.containers_now["ai-clip"].id[:12]
+    assert w.engine.containers_now["ai-clip"].id != before
+
+
+async def test_moving_a_service_without_an_api_drains_nothing(tmp_path: Path) -> None:
+    w, agents = world_with_agents(tmp_path)
+    w.engine.start_all()
+    w.planner.save(assignment("ai-llm", 0), assignment("ai-clip", 1))
+    await w.apply()
+    agents.drained.clear()
+    w.planner.save(assignment("ai-llm", 1), assignment("ai-clip", 1))
+    record = await w.apply()
+    assert record.run.state is RunState.SUCCEEDED
+    assert agents.drained == []
+    assert [e.device for e in agents.announced[-1].endpoints] == ["cuda:1"]
+
+
+async def test_a_drain_that_could_not_finish_is_a_note_of_the_run(tmp_path: Path) -> None:
+    w, _ = world_with_agents(tmp_path, note="its engine still had requests after 60 s of draining")
+    w.engine.start_all()
+    w.planner.save(assignment("ai-clip", 0))
+    record = await w.apply()
+    assert "ai-clip: its engine still had requests after 60 s of draining" in record.run.notes
+
+
+async def test_the_endpoints_query_answers_where_api_services_run_now(tmp_path: Path) -> None:
+    w, _ = world_with_agents(tmp_path)
+    w.engine.start_all()
+    found = await w.orchestrator.endpoints()
+    assert found.endpoints == ()
+    assert found.problems == ("ai-clip: no GPU assigned",)
