@@ -72,8 +72,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 
 def workers_ready(stack: Stack) -> int:
+    """Ready simulated workers (the real llama.cpp engines beside them are not counted)."""
     queue = stack.http.get("/api/queue", timeout=5).json()
-    return sum(1 for w in queue["workers"] if w["state"] == "ready" and w["alive"])
+    return sum(
+        1 for w in queue["workers"] if w["state"] == "ready" and w["alive"] and not w["worker_id"].endswith("-llamacpp")
+    )
 
 
 def chat(model: str, i: int, **extra: object) -> dict[str, object]:
@@ -119,7 +122,7 @@ def test_exclusive_gpu_is_honoured(stack: Stack) -> None:
 
 
 def test_killing_a_worker_under_load_loses_no_request_and_answers_none_twice(stack: Stack) -> None:
-    victim = next(name for name in stack.pids() if name.endswith("cuda0"))
+    victim = next(name for name in stack.pids() if name.startswith("worker-") and name.endswith("cuda0"))
     pid = stack.pids()[victim]
 
     async def run() -> list[httpx.Response]:
