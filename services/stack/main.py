@@ -92,8 +92,9 @@ def plan_workers(settings: StackSettings, inventories: list[Inventory]) -> tuple
         return [], "off (GPUPLANE_WORKERS=off)"
     if settings.workers == "auto" and not simulated:
         return [], (
-            "none started on real GPUs: run `gpuplane worker --gpu N --backend openai --upstream-url URL` "
-            "next to each model server, or set GPUPLANE_WORKERS=simulated for a demo"
+            "none started on real GPUs: give your compose services an x-gpuplane api block (the agents route "
+            "to them), or run `gpuplane worker --gpu N --backend openai --upstream-url URL` next to a model "
+            "server; GPUPLANE_WORKERS=simulated for a demo"
         )
     wanted = set(parse_devices(settings.devices, None)) if settings.devices else None
     plans = []
