@@ -27,10 +27,8 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.worker.backends.base import BackendConfig
 from services.worker.backends.openai import OpenAIBackend
-from services.worker.core.status import WorkerIdentity
-from services.worker.service import Worker, resolve_profile
+from services.worker.service import Worker, resolve_profile, worker_parts
 from services.worker.settings import WorkerSettings
 from shared.bus.base import Bus, Delivery
 from shared.contracts import (
@@ -145,27 +143,8 @@ class AgentHost:
     async def _start(self, name: str, endpoint: ServiceEndpoint) -> Agent:
         settings = self._settings
         profile = await resolve_profile(self._bus, settings, endpoint.device)
-        identity = WorkerIdentity(
-            worker_id=name,
-            host=settings.host_name,
-            device=endpoint.device,
-            backend=OpenAIBackend.NAME,
-            slots=profile.slots,
-            gpu_index=profile.gpu_index,
-            gpu_uuid=profile.gpu_uuid,
-            gpu_name=profile.gpu_name,
-            vram_total_mb=profile.vram_total_mb,
-            speed=profile.speed,
-        )
-        config = BackendConfig(
-            worker_id=name,
-            host=settings.host_name,
-            profile=profile,
-            catalog=self._catalog,
-            upstream_url=endpoint.url,
-            upstream_timeout_s=settings.upstream_timeout_s,
-            upstream_models_interval_s=settings.upstream_models_interval_s,
-            engine_probe_interval_s=settings.engine_probe_interval_s,
+        identity, config = worker_parts(
+            settings, name, endpoint.device, OpenAIBackend.NAME, profile, self._catalog, upstream_url=endpoint.url
         )
         worker = Worker(self._bus, settings, identity, config, clock=self._clock)
         agent = Agent(endpoint, worker)

@@ -41,7 +41,7 @@ from shared.contracts import (
     utc_now,
 )
 from shared.errors import BusError, ConfigError, GpuplaneError, InvalidRequest
-from shared.modelgroups import load_model_catalog
+from shared.modelgroups import ModelCatalog, load_model_catalog
 from shared.service import ServiceContext, StartFn
 from shared.subjects import inventory, worker_held, worker_status, worker_task
 
@@ -486,6 +486,47 @@ def engine_launch(settings: WorkerSettings) -> EngineLaunch:
     )
 
 
+def worker_parts(
+    settings: WorkerSettings,
+    worker_id: str,
+    device: str,
+    backend: str,
+    profile: DeviceProfile,
+    catalog: ModelCatalog,
+    upstream_url: str | None = None,
+) -> tuple[WorkerIdentity, BackendConfig]:
+    """A worker's identity and its backend's configuration (``upstream_url``: another upstream than the settings')."""
+    identity = WorkerIdentity(
+        worker_id=worker_id,
+        host=settings.host_name,
+        device=device,
+        backend=backend,
+        slots=profile.slots,
+        gpu_index=profile.gpu_index,
+        gpu_uuid=profile.gpu_uuid,
+        gpu_name=profile.gpu_name,
+        vram_total_mb=profile.vram_total_mb,
+        speed=profile.speed,
+    )
+    config = BackendConfig(
+        worker_id=worker_id,
+        host=settings.host_name,
+        profile=profile,
+        catalog=catalog,
+        max_cpu_cached=settings.max_cpu_cached_models,
+        latency_jitter=settings.latency_jitter,
+        fail_rate=settings.fail_rate,
+        seed=settings.seed,
+        upstream_url=upstream_url or settings.upstream_url,
+        upstream_timeout_s=settings.upstream_timeout_s,
+        upstream_api_key=None if upstream_url else settings.upstream_api_key,
+        upstream_models_interval_s=settings.upstream_models_interval_s,
+        engine_probe_interval_s=settings.engine_probe_interval_s,
+        engine=engine_launch(settings) if backend == LlamaCppBackend.NAME else None,
+    )
+    return identity, config
+
+
 def start_for(settings: WorkerSettings, *, clock: Callable[[], float] = time.monotonic) -> StartFn:
     """The worker's part of the service shell, for the one device the settings name."""
 
@@ -497,34 +538,7 @@ def start_for(settings: WorkerSettings, *, clock: Callable[[], float] = time.mon
         catalog = load_model_catalog(settings.model_groups_file)
         profile = await resolve_profile(bus, settings, device)
         worker_id = settings.worker_id_for(device)
-        identity = WorkerIdentity(
-            worker_id=worker_id,
-            host=settings.host_name,
-            device=device,
-            backend=settings.backend,
-            slots=profile.slots,
-            gpu_index=profile.gpu_index,
-            gpu_uuid=profile.gpu_uuid,
-            gpu_name=profile.gpu_name,
-            vram_total_mb=profile.vram_total_mb,
-            speed=profile.speed,
-        )
-        config = BackendConfig(
-            worker_id=worker_id,
-            host=settings.host_name,
-            profile=profile,
-            catalog=catalog,
-            max_cpu_cached=settings.max_cpu_cached_models,
-            latency_jitter=settings.latency_jitter,
-            fail_rate=settings.fail_rate,
-            seed=settings.seed,
-            upstream_url=settings.upstream_url,
-            upstream_timeout_s=settings.upstream_timeout_s,
-            upstream_api_key=settings.upstream_api_key,
-            upstream_models_interval_s=settings.upstream_models_interval_s,
-            engine_probe_interval_s=settings.engine_probe_interval_s,
-            engine=engine_launch(settings) if settings.backend == LlamaCppBackend.NAME else None,
-        )
+        identity, config = worker_parts(settings, worker_id, device, settings.backend, profile, catalog)
         worker = Worker(bus, settings, identity, config, clock=clock)
         log.info(
             "worker %s: %s%s, %d MiB, speed %.2f, %d slot(s), backend %s",

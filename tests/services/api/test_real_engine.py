@@ -72,7 +72,9 @@ async def test_a_worker_runs_llama_cpp_and_the_openai_client_gets_a_real_answer(
             model=DEFAULT_ALIAS, messages=ask(), temperature=0, max_tokens=24, stream=True
         )
         pieces = [chunk.choices[0].delta.content or "" async for chunk in stream if chunk.choices]
-        completion = await client.completions.create(model=DEFAULT_ALIAS, prompt="The capital of France is", max_tokens=4)
+        completion = await client.completions.create(
+            model=DEFAULT_ALIAS, prompt="The capital of France is", max_tokens=4
+        )
         models = [m.id async for m in client.models.list()]
         status = worker.statuses()[-1]
         async with httpx.AsyncClient() as direct:
@@ -96,19 +98,31 @@ async def test_the_engines_own_load_figures_reach_the_status(memory_bus: MemoryB
     ) as (client, [worker]):
         await client.chat.completions.create(model=DEFAULT_ALIAS, messages=ask(), temperature=0, max_tokens=4)
         status = await worker.wait_status(
-            lambda s: s.engine is not None and (s.engine.prompt_tokens_total or 0) > 0, timeout_s=10
+            lambda s: (
+                s.engine is not None and (s.engine.prompt_tokens_total or 0) > 0 and s.engine.requests_running == 0
+            ),
+            timeout_s=10,
         )
 
     assert status.engine is not None
     assert status.engine.kind == "llamacpp" and status.engine.slots_total == 2
-    assert status.engine.requests_running == 0
+    assert status.engine.requests_waiting == 0
 
 
 async def engine_process(port: int) -> asyncio.subprocess.Process:
     """``python -m gpuplane_runtime.llamacpp``: an engine started by someone else, as a compose service is."""
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gpuplane_runtime.llamacpp", "--port", str(port), "--threads", "1", "--parallel", "2",
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        sys.executable,
+        "-m",
+        "gpuplane_runtime.llamacpp",
+        "--port",
+        str(port),
+        "--threads",
+        "1",
+        "--parallel",
+        "2",
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
     )
 
 
