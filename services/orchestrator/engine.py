@@ -165,16 +165,26 @@ class ComposeEngine:
             raise ConfigError(f"{files}: {exc}") from exc
 
     async def containers(self) -> list[ContainerView]:
-        ids = await self._container_ids()
-        if not ids:
+        found = await self._inspect_project()
+        if found is not None and found[0].returncode != 0 and found[1] == []:
+            # The one container there was removed between ps and inspect (a service being recreated): ask again.
+            found = await self._inspect_project()
+        if found is None:
             return []
-        out = await self._run(self.container_cmd, ["container", "inspect", *ids], self.command_timeout_s)
-        docs = _json_list(out.stdout)
+        out, docs = found
         # A container removed between ps and inspect is left out, with a non-zero status: the others still count.
         if docs is None or (out.returncode != 0 and not docs):
             raise EngineUnavailable(self._failure("container inspect", out))
         views = [parse_inspect(doc) for doc in docs if isinstance(doc, Mapping)]
         return sorted(views, key=lambda v: (v.service, v.name, v.id))
+
+    async def _inspect_project(self) -> tuple[_Output, list[Any] | None] | None:
+        """``inspect`` of the project's containers and its documents; None when it has none."""
+        ids = await self._container_ids()
+        if not ids:
+            return None
+        out = await self._run(self.container_cmd, ["container", "inspect", *ids], self.command_timeout_s)
+        return out, _json_list(out.stdout)
 
     async def recreate(self, service: str) -> CommandResult:
         """Raises ``InvalidName`` for a service name that breaks the name rule, ``ConfigError`` for an

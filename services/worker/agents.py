@@ -96,6 +96,9 @@ class AgentHost:
         self._clock = clock
         self.agents: dict[str, Agent] = {}
         self._lock = asyncio.Lock()
+        self._held: dict[str, float] = {}
+        """Drained services -> until when a periodic refresh leaves their agents alone (the run's announcement
+        settles them): mid-run, the old container still runs at its place, then is gone for a while."""
 
     async def open(self, ctx: ServiceContext) -> None:
         host = self._settings.host_name
@@ -108,20 +111,34 @@ class AgentHost:
         if endpoints.host == self._settings.host_name:
             await self.follow(endpoints)
 
+    async def on_refresh(self, endpoints: ServiceEndpoints) -> None:
+        if endpoints.host == self._settings.host_name:
+            await self.follow(endpoints, refreshed=True)
+
     async def _refresh_forever(self) -> None:
         while True:
             try:
                 endpoints = await self._bus.request(
                     ORCHESTRATOR_ENDPOINTS, EndpointsQuery(), ServiceEndpoints, timeout_s=10.0
                 )
-                await self.on_endpoints(endpoints)
+                await self.on_refresh(endpoints)
             except BusError as exc:
                 log.debug("endpoints not known yet: %s", exc)
             await asyncio.sleep(self._settings.agents_refresh_s)
 
-    async def follow(self, endpoints: ServiceEndpoints) -> None:
-        """Start agents for new endpoints; retire those whose service runs elsewhere once that one is ready."""
+    async def follow(self, endpoints: ServiceEndpoints, *, refreshed: bool = False) -> None:
+        """Start agents for new endpoints; retire those whose service runs elsewhere once that one is ready.
+
+        ``refreshed``: asked for by the periodic refresh rather than announced after a run, which may be
+        in progress: a drained service's agents are then left as they are (neither taking requests again
+        while its old container still runs, nor retired while it is being recreated) until the run's
+        announcement, or a new container at the same place, or the hold's end.
+        """
         async with self._lock:
+            now = self._clock()
+            if not refreshed:
+                self._held.clear()
+            held = {service for service, until in self._held.items() if until > now}
             wanted = {agent_id(e): e for e in endpoints.endpoints}
             for name, endpoint in wanted.items():
                 agent = self.agents.get(name)
@@ -131,10 +148,15 @@ class AgentHost:
                 if agent is None:
                     self.agents[name] = await self._start(name, endpoint)
                 elif agent.worker.state is WorkerState.DRAINING:
+                    if endpoint.service in held and endpoint.container == agent.endpoint.container:
+                        continue  # the container about to be recreated
                     # Put back where it was (a rollback, or a recreate in place): take requests again.
+                    agent.endpoint = endpoint
                     agent.worker.resume()
             for name in [n for n in self.agents if n not in wanted]:
                 service = self.agents[name].endpoint.service
+                if service in held:
+                    continue  # recreated right now: its container may be gone for a moment
                 successors = [self.agents[n] for n in wanted if self.agents[n].endpoint.service == service]
                 if successors:
                     await self._wait_ready(successors)
@@ -170,6 +192,8 @@ class AgentHost:
     async def on_drain(self, request: EndpointDrain, _: Delivery | None = None) -> EndpointDrained:
         """Stop placing on the service's agents; answer once their engines have no request left."""
         mine = [a for a in self.agents.values() if a.endpoint.service == request.service]
+        if mine:
+            self._held[request.service] = self._clock() + request.timeout_s + self._settings.agents_ready_timeout_s
         for agent in mine:
             agent.worker.drain()
         idle = await self._engines_idle(mine, request.timeout_s) if mine else True
@@ -181,9 +205,7 @@ class AgentHost:
         deadline = self._clock() + timeout_s
         while True:
             signals = [await a.backend.probe_engine() for a in agents]
-            busy = [
-                s for s in signals if s is not None and ((s.requests_running or 0) + (s.requests_waiting or 0)) > 0
-            ]
+            busy = [s for s in signals if s is not None and ((s.requests_running or 0) + (s.requests_waiting or 0)) > 0]
             if not busy:
                 return True
             if self._clock() >= deadline:

@@ -205,3 +205,31 @@ async def test_a_service_no_longer_announced_loses_its_agent(
     await host.follow(ServiceEndpoints(host=HOST, endpoints=()))
     assert host.agents == {}
     assert last_state(bus, "ai-chat-cuda1") is WorkerState.STOPPED
+
+
+def placed(engine: Engine, device: str, container: str) -> ServiceEndpoints:
+    at = endpoint(engine, device).model_copy(update={"container": container})
+    return ServiceEndpoints(host=HOST, endpoints=(at,))
+
+
+async def test_a_refresh_during_a_move_neither_resumes_nor_retires_the_drained_agent(
+    bus: MemoryBus, host: AgentHost, engines: list[Engine]
+) -> None:
+    await host.follow(placed(engines[1], "cuda:1", "aaaaaaaaaaaa"))
+    await host.on_drain(EndpointDrain(service="ai-chat", timeout_s=5))
+    await host.on_refresh(placed(engines[1], "cuda:1", "aaaaaaaaaaaa"))  # still runs: about to be recreated
+    assert host.agents["ai-chat-cuda1"].worker.state is WorkerState.DRAINING
+    await host.on_refresh(ServiceEndpoints(host=HOST, endpoints=()))  # gone for a moment while recreated
+    assert host.agents["ai-chat-cuda1"].worker.state is WorkerState.DRAINING
+    await host.on_endpoints(placed(engines[0], "cuda:0", "bbbbbbbbbbbb"))  # the run's announcement
+    assert list(host.agents) == ["ai-chat-cuda0"]
+    assert last_state(bus, "ai-chat-cuda1") is WorkerState.STOPPED
+
+
+async def test_a_refresh_that_finds_a_new_container_at_the_same_place_resumes_the_agent(
+    bus: MemoryBus, host: AgentHost, engines: list[Engine]
+) -> None:
+    await host.follow(placed(engines[1], "cuda:1", "aaaaaaaaaaaa"))
+    await host.on_drain(EndpointDrain(service="ai-chat", timeout_s=5))
+    await host.on_refresh(placed(engines[1], "cuda:1", "cccccccccccc"))  # recreated in place, healthy
+    await until(lambda: last_state(bus, "ai-chat-cuda1") is WorkerState.READY)
