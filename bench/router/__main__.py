@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from bench.common import publish, revision
+from bench.router.burst import run_burst
 from bench.router.fleet import FLEETS
 from bench.router.measure import FULL, QUICK, Config, run
 from bench.router.overhead import EndToEnd, decision_times, end_to_end
@@ -57,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     simulation_started = time.perf_counter()
     cells = run(config, args.seed, progress=lambda label: print(f"  {label}", file=sys.stderr, flush=True),
                 processes=args.processes)
+    print("  burst", file=sys.stderr, flush=True)
+    bursts = [run_burst(policy, args.seed + s)
+              for policy in ("round_robin", "affinity") for s in range(config.burst_seeds)]
     simulated = time.perf_counter() - simulation_started
     took = time.perf_counter() - started
 
@@ -71,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{config.warmup} of warm-up per run, {config.seeds} seed{'s' * (config.seeds > 1)} "
         f"({', '.join(str(args.seed + s) for s in range(config.seeds))}) pooled per row."
     )
-    generated = render(cells, core, e2e, command, environment)
+    generated = render(cells, core, e2e, command, environment, bursts=bursts)
     publish(generated, args.out, splice, "Router", took)
     return 0
 

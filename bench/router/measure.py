@@ -55,6 +55,7 @@ class Config:
     setups: tuple[Setup, ...] = SETUPS
     overhead_calls: int = 20000
     end_to_end_samples: int = 2000
+    burst_seeds: int = 3
 
 
 FULL = Config(fleets=("pair", "equal"), loads=(0.5, 0.8, 0.95), requests=20000, warmup=4000, seeds=4)

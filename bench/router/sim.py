@@ -22,7 +22,9 @@ from bench.router.oracle import Oracle
 from bench.router.worker import Request, SimWorker
 from services.router.core.model import Placement, PlacementRequest, Wait
 from services.router.core.policies import RoutingPolicy, make_policy
+from services.router.core.policies.affinity import DEFAULT_GIVE_WAY_FACTOR
 from services.router.core.pools import Pools, PoolSettings
+from services.worker.core.device import MB_PER_GB
 from shared.contracts import WorkerStatus
 from shared.modelgroups import ModelCatalog
 
@@ -64,6 +66,7 @@ def make_requests(
             group_load_s=group.load_time_s,
             cpu_reload_fraction=catalog.cpu_reload_fraction,
             expected_latency_s=model.latency_s,
+            group_vram_mb=math.ceil(group.vram_gb * MB_PER_GB),
         )
         requests.append(Request(index, now, group.id, model.id, model.kind, BODIES[model.kind],
                                 rng.getrandbits(63), placement))
@@ -78,7 +81,7 @@ class Variant:
     label: str = ""
     worker_queue_limit: int = PoolSettings.worker_queue_limit
     status_interval_s: float = 0.0
-    give_way_factor: float = 2.0
+    give_way_factor: float = DEFAULT_GIVE_WAY_FACTOR
 
     @property
     def name(self) -> str:
@@ -170,7 +173,7 @@ class Simulation:
 
     def _send(self, request: Request, worker_id: str) -> None:
         worker = self.by_id[worker_id]
-        self.pools.on_sent(worker_id, self.now)
+        self.pools.on_sent(worker_id, self.now, request=request.placement)
         self.sent_at[request.index] = self.now
         self.where[request.index] = worker.index
         worker.submit(request, self.now)
@@ -219,7 +222,8 @@ class Simulation:
                 for done in worker.step():
                     self.done_at[done.request.index] = self.now
                     self.completed += 1
-                    self.pools.on_done(worker.worker_id, self.now, ok=True)
+                    self.pools.on_done(worker.worker_id, self.now, ok=True,
+                                       request_id=done.request.placement.request_id, service_s=done.service_s)
                 self._changed(worker)
             elif next_event == soonest:
                 _, _, index, status = heapq.heappop(self.events)

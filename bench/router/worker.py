@@ -60,6 +60,8 @@ class Completion:
     request: Request
     at: float
     loaded_group: bool
+    service_s: float
+    """Its service alone, group load excluded: what the simulated engine's ``X-Gpuplane-Service-Ms`` says."""
 
 
 class SimWorker:
@@ -75,7 +77,7 @@ class SimWorker:
         self.gpu = make_gpu(spec, catalog)
         self.identity = WorkerIdentity(
             worker_id=self.worker_id, host="bench", device=f"cuda:{index}", backend="simulated",
-            slots=self.slots, gpu_index=index, vram_total_mb=spec.vram_mb,
+            slots=self.slots, gpu_index=index, vram_total_mb=spec.vram_mb, speed=spec.speed,
         )
         self.models = self.gpu.holdable_models()
         self.sequence = 0
@@ -125,9 +127,10 @@ class SimWorker:
         self._wake(now)
         loaded = ticket in self.loaded_for
         self.loaded_for.discard(ticket)
-        self.pool.finish(ticket, now, ok=True, service_s=self.service.pop(ticket), loaded_group=loaded)
+        service_s = self.service.pop(ticket)
+        self.pool.finish(ticket, now, ok=True, service_s=service_s, loaded_group=loaded)
         self._start_ready(now)
-        return [Completion(request, now, loaded)]
+        return [Completion(request, now, loaded, service_s)]
 
     def status(self) -> WorkerStatus:
         self.sequence += 1

@@ -142,6 +142,7 @@ class Dispatcher:
                 worker_queue_limit=settings.worker_queue_limit,
                 failure_threshold=settings.circuit_failure_threshold,
                 reset_s=settings.circuit_reset_s,
+                prefix_affinity=settings.prefix_affinity,
             ),
             seed=settings.seed,
             observer=_Metrics(self.metrics, chosen.NAME),

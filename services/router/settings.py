@@ -7,6 +7,7 @@ from pathlib import Path
 from pydantic import Field, field_validator
 
 from services.router.core.policies import check_policy_name
+from services.router.core.policies.affinity import DEFAULT_GIVE_WAY_FACTOR
 from shared.settings import CommonSettings
 
 
@@ -17,7 +18,14 @@ class RouterSettings(CommonSettings):
         default="affinity", description="affinity (default), p2c, round_robin, random or least_connections."
     )
     give_way_factor: float = Field(
-        default=2.0, ge=1.0, description="Affinity gives way when the holder would take this many times longer."
+        default=DEFAULT_GIVE_WAY_FACTOR,
+        ge=1.0,
+        description="Affinity gives way when the holder would take this many times longer.",
+    )
+    prefix_affinity: bool = Field(
+        default=True,
+        description="affinity and p2c: a chat or completion whose prompt starts like a recent one's (1000+ "
+        "characters) goes to the engine that served that one (its cache holds the prefix), unless much busier.",
     )
     model_groups_file: Path = Field(default=Path("config/model_groups.yml"), description="The model-group catalog.")
     worker_timeout_s: float = Field(

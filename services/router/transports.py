@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -133,6 +134,27 @@ def split_batch(answer: dict[str, Any], counts: list[int]) -> tuple[dict[str, An
         share = {k: round(v * count / total) for k, v in usage.items() if isinstance(v, int)}
         bodies.append({**answer, "data": part, "usage": share})
     return tuple(bodies)
+
+
+_USAGE = re.compile(rb'"(prompt_tokens|completion_tokens)"\s*:\s*(\d+)')
+
+
+def usage_of(body: Any) -> tuple[int | None, int | None]:
+    """``prompt_tokens`` and ``completion_tokens`` of an answer's OpenAI ``usage`` (raw JSON or a dict),
+    found without parsing the whole answer; None where it does not say."""
+    found: dict[str, Any] = {}
+    if isinstance(body, dict):
+        usage = body.get("usage")
+        found = usage if isinstance(usage, dict) else {}
+    elif isinstance(body, bytes | bytearray) and (at := body.rfind(b'"usage"')) >= 0:
+        found = {m.group(1).decode(): int(m.group(2)) for m in _USAGE.finditer(body, at, at + 300)}
+    prompt, completion = found.get("prompt_tokens"), found.get("completion_tokens")
+    return (prompt if isinstance(prompt, int) else None, completion if isinstance(completion, int) else None)
+
+
+def _usage(bodies: Sequence[Any]) -> dict[str, int | None]:
+    prompt, completion = usage_of(bodies[0]) if len(bodies) == 1 else (None, None)
+    return {"prompt_tokens": prompt, "completion_tokens": completion}
 
 
 def _engine_message(raw: bytes, status: int) -> str:
@@ -270,11 +292,12 @@ class HttpEngine:
         status = send.record.status
         service_ms = response.headers.get("X-Gpuplane-Service-Ms")
         load_ms = response.headers.get("X-Gpuplane-Load-Ms")
+        measured = bool(service_ms)
         try:
             service_s = float(service_ms) / 1000 if service_ms else time.perf_counter() - started
             load_s = float(load_ms) / 1000 if load_ms else 0.0
         except ValueError:
-            service_s, load_s = time.perf_counter() - started, 0.0
+            service_s, load_s, measured = time.perf_counter() - started, 0.0, False
         return Delivered(
             bodies=bodies,
             worker_id=status.worker_id,
@@ -283,6 +306,8 @@ class HttpEngine:
             group=response.headers.get("X-Gpuplane-Group") or send.pending.placement.group,
             service_s=service_s,
             load_s=load_s,
+            measured=measured,
+            **_usage(bodies),
         )
 
 
@@ -415,6 +440,8 @@ class NatsWorker:
             group=result.group,
             service_s=result.service_s,
             load_s=result.load_s,
+            measured=result.service_s > 0,
+            **_usage(result.bodies),
         )
 
     def _relay(self, send: Send, sink: ChunkSink, ended: asyncio.Event) -> Callable[[StreamChunk, Delivery], Any]:

@@ -7,6 +7,7 @@ NATS) and the gateway's data plane (requests over HTTP), so both follow one set 
 
 from __future__ import annotations
 
+import math
 import random
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -15,15 +16,19 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from services.router.core.batcher import Batch, Batcher
+from services.router.core.estimates import CHARS_PER_TOKEN
 from services.router.core.model import Infeasible, Placement, PlacementRequest, Wait
 from services.router.core.policies import RoutingPolicy
 from services.router.core.pools import Pools, PoolSettings, WorkerRecord, device_label
+from services.router.core.prefix import request_shape
 from services.router.core.queue import Entry, PriorityQueue, QueueFull, retry_after_s
 from shared.contracts import InferenceKind, InferenceRequest, Priority, Route, utc_now
 from shared.errors import GpuplaneError, InvalidRequest, NotFound, OperationFailed, Overloaded
 from shared.modelgroups import ModelCatalog
 
 PRIORITY_RANK = {Priority.HIGH: 0, Priority.NORMAL: 1, Priority.LOW: 2}
+MB_PER_GB = 1024
+"""As the workers count the catalog's ``vram_gb``."""
 
 
 class NoWorker(GpuplaneError):
@@ -156,6 +161,11 @@ class Delivered:
     group: str
     service_s: float = 0.0
     load_s: float = 0.0
+    measured: bool = False
+    """``service_s`` is what the worker or engine said it served for (else the time the router waited)."""
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    """From the answer's OpenAI ``usage``, where it has one."""
 
 
 @dataclass(frozen=True)
@@ -266,6 +276,7 @@ class Lifecycle:
 
     def placement_request(self, request: InferenceRequest, avoid: Iterable[str], attempt: int = 1) -> PlacementRequest:
         group, model = self._models.get(request.model, (None, None))
+        shape = request_shape(request.body, request.kind, request.model, prefix=self.pools.settings.prefix_affinity)
         return PlacementRequest(
             request_id=request.request_id,
             kind=request.kind,
@@ -278,6 +289,10 @@ class Lifecycle:
             small=model.small if model else False,
             avoid=frozenset(avoid),
             attempt=attempt,
+            prompt_tokens=shape.prompt_chars / CHARS_PER_TOKEN,
+            max_tokens=shape.max_tokens,
+            prefix=shape.prefix,
+            group_vram_mb=math.ceil(group.vram_gb * MB_PER_GB) if group else 0,
         )
 
     def _check_room(self, extra: int, now: float) -> None:
@@ -373,7 +388,7 @@ class Lifecycle:
         pending = entry.item
         record = self.pools.workers[placement.worker_id]
         exclusive_for = pending.first.request_id if placement.exclusive_device else None
-        self.pools.on_sent(placement.worker_id, now, exclusive_for=exclusive_for)
+        self.pools.on_sent(placement.worker_id, now, exclusive_for=exclusive_for, request=pending.placement)
         label = device_label(record.status.host, record.status.device, self.pools.many_hosts())
         self.observer.placed(placement.route, label, now - entry.enqueued_at, entry.priority, len(pending.requests))
         return Send(pending, placement, record)
@@ -430,7 +445,7 @@ class Lifecycle:
         """The worker answered: every waiter gets its body, and the worker's circuit hears of a success."""
         pending, placement = send.pending, send.placement
         pending.done = True
-        self._done(placement.worker_id, now, ok=True)
+        self._done(placement.worker_id, now, ok=True, request_id=pending.placement.request_id, delivered=delivered)
         self.pools.release(pending.first.request_id)
         for i, (request, waiter) in enumerate(zip(pending.requests, pending.waiters, strict=True)):
             if waiter.done():
@@ -454,7 +469,7 @@ class Lifecycle:
 
     def refused(self, send: Send, error: GpuplaneError, now: float) -> None:
         """The worker refused the request as the client's mistake: answer so, say nothing of the worker."""
-        self._done(send.placement.worker_id, now, ok=None)
+        self._done(send.placement.worker_id, now, ok=None, request_id=send.pending.placement.request_id)
         send.pending.done = True
         self.pools.release(send.pending.first.request_id)
         send.pending.fail(error)
@@ -464,7 +479,7 @@ class Lifecycle:
         within budget, else answer with the failure. Returns what the shell should log."""
         pending, worker = send.pending, send.placement.worker_id
         # A dead process says nothing about the next one under its name: no circuit failure when lost.
-        self._done(worker, now, ok=None if lost else False)
+        self._done(worker, now, ok=None if lost else False, request_id=pending.placement.request_id)
         self.pools.release(pending.first.request_id)
         if pending.committed:
             pending.fail(OperationFailed(f"worker {worker} failed after streaming began: {error}"))
@@ -494,8 +509,21 @@ class Lifecycle:
         self._enqueue(pending, now, front=True)
         return f"request {pending.first.request_id} failed on {worker} ({error}); sending it to another worker"
 
-    def _done(self, worker_id: str, now: float, *, ok: bool | None) -> None:
-        change = self.pools.on_done(worker_id, now, ok=ok)
+    def _done(
+        self, worker_id: str, now: float, *, ok: bool | None, request_id: str, delivered: Delivered | None = None
+    ) -> None:
+        if delivered is None:
+            change = self.pools.on_done(worker_id, now, ok=ok, request_id=request_id)
+        else:
+            change = self.pools.on_done(
+                worker_id,
+                now,
+                ok=ok,
+                request_id=request_id,
+                service_s=delivered.service_s if delivered.measured else None,
+                prompt_tokens=delivered.prompt_tokens,
+                completion_tokens=delivered.completion_tokens,
+            )
         if change is not None:
             self.observer.circuit(worker_id, bool(ok), change)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from dataclasses import field as dc_field
 
+from services.router.core.prefix import PrefixKey
 from shared.contracts import InferenceKind, Priority, Route
 
 CPU_DEVICE = "cpu"
@@ -33,6 +34,22 @@ class WorkerSnapshot:
     error_rate: float = 0.0
     has_room: bool = True
     """Below its admission limit (slots plus the per-worker queue the router allows)."""
+    service_s: float = 0.0
+    """This request's expected time alone here (learned per model, else a prior); 0: not estimated."""
+    backlog_s: float | None = None
+    """Expected time alone of everything it runs and queues, summed per model; None: ``load`` x this request's."""
+    coming_load_s: float = 0.0
+    """Group loads it will do for requests already sent there (a load holds the whole device)."""
+    groups_coming: frozenset[str] = frozenset()
+    """Groups it will load for requests already sent there, that fit beside what it holds."""
+    batching: float = 0.0
+    """Slowdown per further running request (``estimates.BATCHING_SLOWDOWN`` for batching engines, else 0)."""
+    kv_cache_usage: float | None = None
+    """The engine's KV cache in use (0..1), where it says."""
+    vram_free_mb: int | None = None
+    """VRAM not taken by what it holds, where it says: a group larger than this evicts another to load."""
+    prefix_chars: int = 0
+    """Characters of this request's prompt it was last sent (likely still in its cache); 0: none."""
 
     @property
     def is_cpu(self) -> bool:
@@ -59,6 +76,13 @@ class PlacementRequest:
     """Workers that already failed this request (a retry goes elsewhere)."""
     attempt: int = 1
     """Above 1 the request was sent before (its worker failed or died): the route says ``retry``."""
+    prompt_tokens: float = 0.0
+    """The prompt's size, estimated from its characters."""
+    max_tokens: int | None = None
+    prefix: tuple[PrefixKey, ...] = ()
+    """Keys of the prompt's long prefixes, longest first (``core.prefix``); empty: no prefix affinity."""
+    group_vram_mb: int = 0
+    """VRAM its group takes (the catalog's); 0: unknown."""
 
 
 @dataclass(frozen=True)

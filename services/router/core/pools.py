@@ -7,10 +7,12 @@ passed to every call. Load figures come from the workers themselves, so routers 
 from __future__ import annotations
 
 import random
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from services.router.core.circuit import CircuitBreaker
+from services.router.core.estimates import BATCHING_SLOWDOWN, CHARS_PER_TOKEN, Estimates
 from services.router.core.filters import DEFAULT_FILTERS, Exclusion, Filter, first_refusal
 from services.router.core.model import (
     CPU_DEVICE,
@@ -22,6 +24,7 @@ from services.router.core.model import (
     WorkerSnapshot,
 )
 from services.router.core.policies.base import RoutingPolicy
+from services.router.core.prefix import TABLE_ENTRIES, TTL_S, PrefixTable
 from shared.contracts import Inventory, Route, WorkerState, WorkerStatus
 
 DeviceKey = tuple[str, str]
@@ -32,6 +35,25 @@ def device_label(host: str, device: str, many_hosts: bool) -> str:
     return f"{host}/{device}" if many_hosts else device
 
 
+@dataclass(frozen=True)
+class Task:
+    """One request this router sent a worker and has no answer for yet, as the estimate sees it."""
+
+    model: str
+    group: str
+    group_vram_mb: int
+    alone_s: float
+    """Its expected time alone when sent."""
+    load_s: float
+    """What loading its group there costs (0 when held when sent)."""
+    sent_at: float
+    concurrency: int
+    """Requests running there when it started, it included (slots when it had to queue)."""
+    queued: bool
+    """It found no free slot: the time to its answer includes a wait."""
+    prompt_tokens: float
+
+
 @dataclass
 class WorkerRecord:
     status: WorkerStatus
@@ -40,14 +62,34 @@ class WorkerRecord:
     sent_since_status: int = 0
     outstanding: int = 0
     """Tasks this router sent and has no answer for yet."""
+    tasks: dict[str, Task] = field(default_factory=dict)
+    """The outstanding tasks sent with their request (by request id, oldest first)."""
+    work_s: float = 0.0
+    """Sum of ``tasks``' ``alone_s``: this router's backlog there."""
+    groups_out: Counter[str] = field(default_factory=Counter)
+    """Groups of ``tasks``, counted."""
 
     @property
     def key(self) -> DeviceKey:
         return (self.status.host, self.status.device)
 
     def load(self) -> int:
-        reported = self.status.in_flight + self.status.queue_depth
+        """Reported (running plus queued; the engine's own figures when higher, since other clients count
+        there too) plus what this router sent since, never below what it has out there itself."""
+        status = self.status
+        reported = status.in_flight + status.queue_depth
+        engine = status.engine
+        if engine is not None:
+            reported = max(reported, (engine.requests_running or 0) + (engine.requests_waiting or 0))
         return max(reported + self.sent_since_status, self.outstanding)
+
+    def slots(self) -> int:
+        engine = self.status.engine
+        return engine.slots_total if engine is not None and engine.slots_total else self.status.slots
+
+    def batching(self) -> float:
+        # The simulated backend's slots are independent servers; real engines batch their slots.
+        return BATCHING_SLOWDOWN if self.slots() > 1 and self.status.backend != "simulated" else 0.0
 
 
 @dataclass
@@ -58,6 +100,10 @@ class PoolSettings:
     failure_threshold: int = 5
     reset_s: float = 60.0
     forget_after_s: float = 300.0
+    prefix_affinity: bool = True
+    """Send a request whose prompt starts like a recent one's to the worker that served that one."""
+    prefix_entries: int = TABLE_ENTRIES
+    prefix_ttl_s: float = TTL_S
 
 
 @dataclass
@@ -71,6 +117,12 @@ class Pools:
     """Devices an exclusive request waits for: nothing new starts there meanwhile."""
     filters: tuple[Filter, ...] = DEFAULT_FILTERS
     """Which workers a request may go to, in order (``services.router.core.filters``)."""
+    estimates: Estimates = field(default_factory=Estimates)
+    """Per (worker, model) service times, learned from the answers."""
+    prefixes: PrefixTable = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.prefixes = PrefixTable(self.settings.prefix_entries, self.settings.prefix_ttl_s)
 
     # ------------------------------------------------------------------ inputs
 
@@ -90,6 +142,8 @@ class Pools:
         record.status = status
         record.seen_at = now
         record.sent_since_status = 0
+        if lost is not None:
+            self.prefixes.forget(status.worker_id)  # a new process, or none: the engine's cache is gone
         return lost
 
     def on_inventory(self, inv: Inventory) -> list[str]:
@@ -120,6 +174,8 @@ class Pools:
             silent = now - record.seen_at
             if silent > self.settings.forget_after_s:
                 del self.workers[worker_id]
+                self.prefixes.forget(worker_id)
+                self.estimates.forget(worker_id)
             if record.outstanding and not self.alive(record, now):
                 lost.append(worker_id)
         return lost
@@ -161,14 +217,67 @@ class Pools:
         queue = self.settings.worker_queue_limit if measured else 0
         return record.load() < record.status.slots + queue
 
-    def snapshot(self, record: WorkerRecord) -> WorkerSnapshot:
+    def _speed_of(self, worker_id: str) -> float | None:
+        record = self.workers.get(worker_id)
+        return None if record is None else record.status.speed or 1.0
+
+    def alone_s(self, record: WorkerRecord, request: PlacementRequest, cached_chars: int = 0) -> float:
+        """``request``'s expected time alone on the worker (a prefix in its cache is not prefilled again)."""
         status = record.status
+        return self.estimates.alone_s(
+            status.worker_id,
+            request.model,
+            status.speed or 1.0,
+            self._speed_of,
+            prompt_tokens=max(0.0, request.prompt_tokens - cached_chars / CHARS_PER_TOKEN),
+            max_tokens=request.max_tokens,
+            catalog_s=request.expected_latency_s,
+        )
+
+    def _coming(self, record: WorkerRecord) -> tuple[float, frozenset[str]]:
+        """Loads due for the groups of requests sent there, and those of them that fit beside what it holds."""
+        status = record.status
+        loaded = status.groups_loaded
+        coming = [g for g, n in record.groups_out.items() if n > 0 and g not in loaded]
+        if not coming:
+            return 0.0, frozenset()
+        load_s = 0.0
+        vram: dict[str, int] = {}
+        for task in record.tasks.values():
+            if task.group in coming and task.group not in vram:
+                load_s += task.load_s
+                vram[task.group] = task.group_vram_mb
+        free = self._vram_free_mb(status) or 0
+        fitting = frozenset(vram) if all(vram.values()) and sum(vram.values()) <= free else frozenset()
+        return load_s, fitting
+
+    @staticmethod
+    def _vram_free_mb(status: WorkerStatus) -> int | None:
+        if status.vram_total_mb is None or status.vram_used_mb is None or status.backend != "simulated":
+            return None  # only the simulated backend's VRAM is what its groups take; an engine's is its own
+        return status.vram_total_mb - status.vram_used_mb
+
+    def snapshot(
+        self, record: WorkerRecord, request: PlacementRequest | None = None, *, prefix_chars: int = 0
+    ) -> WorkerSnapshot:
+        """The worker as a policy sees it; with ``request``, this request's estimates there too."""
+        status = record.status
+        load = record.load()
+        alone = backlog = None
+        coming_s, coming = 0.0, frozenset[str]()
+        if request is not None:
+            alone = self.alone_s(record, request, prefix_chars)
+            # Others' requests (other routers, direct clients) at the worker's own average, else this one's.
+            foreign = max(0, load - len(record.tasks))
+            backlog = record.work_s + foreign * (status.latency_avg_s or alone)
+            coming_s, coming = self._coming(record)
+        engine = status.engine
         return WorkerSnapshot(
             worker_id=status.worker_id,
             host=status.host,
             device=status.device,
-            slots=status.slots,
-            load=record.load(),
+            slots=record.slots(),
+            load=load,
             groups_loaded=frozenset(status.groups_loaded),
             cpu_cached_groups=frozenset(status.cpu_cached_groups),
             current_group=status.current_group,
@@ -176,6 +285,14 @@ class Pools:
             speed=status.speed or 1.0,
             error_rate=status.error_count / status.request_count if status.request_count else 0.0,
             has_room=self.room(record),
+            service_s=alone or 0.0,
+            backlog_s=backlog,
+            coming_load_s=coming_s,
+            groups_coming=coming,
+            batching=record.batching(),
+            kv_cache_usage=engine.kv_cache_usage if engine is not None else None,
+            vram_free_mb=self._vram_free_mb(status),
+            prefix_chars=prefix_chars,
         )
 
     def many_hosts(self) -> bool:
@@ -207,6 +324,7 @@ class Pools:
             return self._place_exclusive(request, exclusive_gpu, now)
 
         reasons: list[str] = []
+        cached = self.prefixes.lookup(request.prefix, now) if request.prefix and self.settings.prefix_affinity else None
         # GPU workers that serve the model and are not down (they may be held or have failed this
         # request): while there is one, a wait has no deadline, unless every one failed it already.
         up: list[WorkerRecord] = []
@@ -218,7 +336,8 @@ class Pools:
             if refusal is None:
                 up.append(record)
                 # Full workers stay in view: a policy may rather wait for the one that holds the group.
-                candidates.append(self.snapshot(record))
+                chars = cached[1] if cached is not None and cached[0] == record.status.worker_id else 0
+                candidates.append(self.snapshot(record, request, prefix_chars=chars))
                 if not self.room(record):
                     reasons.append(
                         f"{record.status.worker_id}: full ({record.load()} requests for {record.status.slots} slots)"
@@ -342,8 +461,41 @@ class Pools:
 
     # ------------------------------------------------------------------ bookkeeping
 
-    def on_sent(self, worker_id: str, now: float, *, exclusive_for: str | None = None) -> None:
+    def on_sent(
+        self,
+        worker_id: str,
+        now: float,
+        *,
+        exclusive_for: str | None = None,
+        request: PlacementRequest | None = None,
+    ) -> None:
+        """A task went to the worker; with ``request``, its estimate joins the worker's backlog here and
+        its answer will teach the estimates."""
         record = self.workers[worker_id]
+        if request is not None:
+            load, slots = record.load(), record.slots()
+            status = record.status
+            held = request.group in status.groups_loaded
+            cached = request.group in status.cpu_cached_groups
+            task = Task(
+                model=request.model,
+                group=request.group,
+                group_vram_mb=request.group_vram_mb,
+                alone_s=self.alone_s(record, request),
+                load_s=0.0 if held else request.group_load_s * (request.cpu_reload_fraction if cached else 1.0),
+                sent_at=now,
+                concurrency=min(load + 1, slots),
+                queued=load >= slots,
+                prompt_tokens=request.prompt_tokens,
+            )
+            previous = record.tasks.pop(request.request_id, None)
+            if previous is not None:
+                self._drop(record, previous)
+            record.tasks[request.request_id] = task
+            record.work_s += task.alone_s
+            record.groups_out[task.group] += 1
+            if request.prefix and self.settings.prefix_affinity:
+                self.prefixes.remember(request.prefix, worker_id, now)
         record.sent_since_status += 1
         record.outstanding += 1
         record.circuit.on_dispatch(now)
@@ -363,14 +515,53 @@ class Pools:
         if record is not None:
             record.circuit = CircuitBreaker(self.settings.failure_threshold, self.settings.reset_s)
 
-    def on_done(self, worker_id: str, now: float, *, ok: bool | None) -> str | None:
+    @staticmethod
+    def _drop(record: WorkerRecord, task: Task) -> None:
+        record.work_s = max(0.0, record.work_s - task.alone_s) if record.tasks else 0.0
+        record.groups_out[task.group] -= 1
+        if record.groups_out[task.group] <= 0:
+            del record.groups_out[task.group]
+
+    def on_done(
+        self,
+        worker_id: str,
+        now: float,
+        *,
+        ok: bool | None,
+        request_id: str | None = None,
+        service_s: float | None = None,
+        prompt_tokens: int | None = None,
+        completion_tokens: int | None = None,
+    ) -> str | None:
         """Record an answer (``ok`` None: the client's own error, neither success nor failure).
 
-        Returns a circuit change in words, if any.
+        ``request_id`` names the task (else the oldest sent); ``service_s`` is the service time the worker
+        or engine reported (None: the time since it was sent, learned from only when it did not queue);
+        token counts come from the answer's ``usage``. Returns a circuit change in words, if any.
         """
         record = self.workers.get(worker_id)
         if record is None:
             return None
+        tasks = record.tasks
+        key = request_id if request_id in tasks else next(iter(tasks), None) if request_id is None else None
+        task = tasks.pop(key) if key is not None else None
+        if task is not None:
+            self._drop(record, task)
+            if ok is True:
+                # The time since it was sent is its service only when it neither queued nor loaded a group.
+                waited = task.queued or task.load_s > 0
+                seconds = service_s if service_s is not None else None if waited else now - task.sent_at
+                if seconds is not None:
+                    self.estimates.observe(
+                        worker_id,
+                        task.model,
+                        seconds,
+                        concurrency=task.concurrency,
+                        batching=record.batching(),
+                        prompt_tokens=prompt_tokens,
+                        completion_tokens=completion_tokens,
+                        prior_s=task.alone_s,
+                    )
         record.outstanding = max(0, record.outstanding - 1)
         if record.sent_since_status > 0:
             record.sent_since_status -= 1

@@ -173,6 +173,8 @@ def test_api_gpu_stats_models_and_queue_answer_in_shape(stack: Stack) -> None:
     assert {k: stats[k] for k in fields} == stats["devices"]["cuda:0"]
     assert stats["devices"]["cuda:0"]["memory_total"] == pytest.approx(24.0, abs=0.1)
 
+    # Earlier tests may have had big-chat evicted for smaller groups; one request brings it back.
+    assert stack.http.post("/v1/chat/completions", json=chat("big-chat-model", 0), timeout=30).status_code == 200
     groups = stack.http.get("/api/models", timeout=10).json()["model_groups"]
     big = next(g for g in groups if g["group_id"] == "big-chat")
     assert {d["device"] for d in big["device_info"]} >= {"cuda:0", "cuda:1"}

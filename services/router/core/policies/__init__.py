@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-from services.router.core.policies.affinity import AffinityLeastLoaded
+from services.router.core.policies.affinity import DEFAULT_GIVE_WAY_FACTOR, AffinityLeastLoaded
 from services.router.core.policies.base import RoutingPolicy
 from services.router.core.policies.p2c import PowerOfTwoChoices
 from services.router.core.policies.simple import LeastConnections, RandomChoice, RoundRobin
@@ -29,7 +29,7 @@ def check_policy_name(name: str) -> str:
     return REGISTRY.check(name)
 
 
-def make_policy(name: str, give_way_factor: float = 2.0) -> RoutingPolicy:
+def make_policy(name: str, give_way_factor: float = DEFAULT_GIVE_WAY_FACTOR) -> RoutingPolicy:
     """A fresh policy instance; ``ConfigError`` lists the valid names for an unknown one."""
     return REGISTRY.make(name, give_way_factor)
 

@@ -141,7 +141,7 @@ def test_give_way_reason_names_both_workers() -> None:
 def test_cpu_cached_group_makes_switching_cheaper(cached: bool, winner: str) -> None:
     o = other(cpu_cached_groups=(GROUP,) if cached else ())
     h = holder(load=3)  # 2.0 s
-    choice = choose("affinity", [h, o])
+    choice = AffinityLeastLoaded(give_way_factor=2.0).choose(REQ, [h, o], rng())
     assert choice is not None and choice.worker_id == winner
 
 
@@ -197,9 +197,9 @@ def test_least_loaded_without_holders(workers: list[WorkerSnapshot], winner: str
     assert (choice.worker_id, choice.route) == (winner, Route.LEAST_LOADED)
 
 
-def test_affinity_default_give_way_factor_is_two() -> None:
-    assert AffinityLeastLoaded().give_way_factor == 2.0
-    assert PowerOfTwoChoices().give_way_factor == 2.0
+def test_affinity_default_give_way_factor() -> None:
+    assert AffinityLeastLoaded().give_way_factor == 1.1
+    assert PowerOfTwoChoices().give_way_factor == 1.1
 
 
 # --------------------------------------------------------------------------- every policy
