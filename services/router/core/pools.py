@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from services.router.core.circuit import CircuitBreaker
-from services.router.core.estimates import BATCHING_SLOWDOWN, CHARS_PER_TOKEN, Estimates
+from services.router.core.estimates import BATCHING_SLOWDOWN, CHARS_PER_TOKEN, EWMA_WEIGHT, Estimates
 from services.router.core.filters import DEFAULT_FILTERS, Exclusion, Filter, first_refusal
 from services.router.core.model import (
     CPU_DEVICE,
@@ -68,6 +68,9 @@ class WorkerRecord:
     """Sum of ``tasks``' ``alone_s``: this router's backlog there."""
     groups_out: Counter[str] = field(default_factory=Counter)
     """Groups of ``tasks``, counted."""
+    batching_learned: float | None = None
+    """Slowdown per neighbour measured on this worker (answers that ran beside others); None: not yet."""
+    batching_samples: int = 0
 
     @property
     def key(self) -> DeviceKey:
@@ -88,8 +91,31 @@ class WorkerRecord:
         return engine.slots_total if engine is not None and engine.slots_total else self.status.slots
 
     def batching(self) -> float:
-        # The simulated backend's slots are independent servers; real engines batch their slots.
-        return BATCHING_SLOWDOWN if self.slots() > 1 and self.status.backend != "simulated" else 0.0
+        """Slowdown per neighbour: the simulated backend's slots are independent servers; real engines batch
+        their slots, by ``BATCHING_SLOWDOWN`` until this worker's own answers say (a GPU batches almost for
+        free, a CPU engine on one thread shares it: about 1)."""
+        if self.slots() <= 1 or self.status.backend == "simulated":
+            return 0.0
+        if self.batching_learned is not None and self.batching_samples >= BATCHING_MIN_SAMPLES:
+            return self.batching_learned
+        return BATCHING_SLOWDOWN
+
+    def learn_batching(self, seconds: float, alone_s: float, concurrency: int) -> None:
+        """One answer that started beside ``concurrency - 1`` others, against what it was expected to take alone."""
+        if concurrency <= 1 or alone_s <= 0 or self.status.backend == "simulated":
+            return
+        seen = min(BATCHING_MAX, max(0.0, (seconds / alone_s - 1.0) / (concurrency - 1)))
+        self.batching_samples += 1
+        if self.batching_learned is None:
+            self.batching_learned = seen
+        else:
+            self.batching_learned += max(EWMA_WEIGHT, 1.0 / self.batching_samples) * (seen - self.batching_learned)
+
+
+BATCHING_MIN_SAMPLES = 5
+"""Answers that ran beside others before a worker's own slowdown replaces the default."""
+BATCHING_MAX = 1.5
+"""Above 1 a neighbour costs more than running one after the other: noise, or a thrashing engine."""
 
 
 @dataclass
@@ -222,7 +248,7 @@ class Pools:
         return None if record is None else record.status.speed or 1.0
 
     def alone_s(self, record: WorkerRecord, request: PlacementRequest, cached_chars: int = 0) -> float:
-        """``request``'s expected time alone on the worker (a prefix in its cache is not prefilled again)."""
+        """``request``'s expected time alone on the worker (``cached_chars`` of its prompt not prefilled again)."""
         status = record.status
         return self.estimates.alone_s(
             status.worker_id,
@@ -266,7 +292,10 @@ class Pools:
         alone = backlog = None
         coming_s, coming = 0.0, frozenset[str]()
         if request is not None:
-            alone = self.alone_s(record, request, prefix_chars)
+            # The prefix's saving is left out: a prompt everyone shares (one system prompt) is cached on one
+            # engine first, and counting it there sent a benchmark's every request to that engine. Prefix
+            # affinity is a preference among estimates made alike (policies/affinity.py).
+            alone = self.alone_s(record, request)
             # Others' requests (other routers, direct clients) at the worker's own average, else this one's.
             foreign = max(0, load - len(record.tasks))
             backlog = record.work_s + foreign * (status.latency_avg_s or alone)
@@ -336,7 +365,7 @@ class Pools:
             if refusal is None:
                 up.append(record)
                 # Full workers stay in view: a policy may rather wait for the one that holds the group.
-                chars = cached[1] if cached is not None and cached[0] == record.status.worker_id else 0
+                chars = cached.get(record.status.worker_id, 0) if cached else 0
                 candidates.append(self.snapshot(record, request, prefix_chars=chars))
                 if not self.room(record):
                     reasons.append(
@@ -552,6 +581,7 @@ class Pools:
                 waited = task.queued or task.load_s > 0
                 seconds = service_s if service_s is not None else None if waited else now - task.sent_at
                 if seconds is not None:
+                    record.learn_batching(seconds, task.alone_s, task.concurrency)
                     self.estimates.observe(
                         worker_id,
                         task.model,

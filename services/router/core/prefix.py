@@ -25,7 +25,10 @@ BLOCK_CHARS = 1024
 MAX_KEYS = 32
 """Keys kept per request (the shortest, the longest, and evenly between): bounds the table's churn."""
 TABLE_ENTRIES = 50_000
-"""Keys remembered in all; each costs about 220 bytes (tracemalloc, 64-bit CPython 3.11), so about 11 MB."""
+"""Keys remembered in all; each costs about 400 bytes with one holder and 95 more per other holder
+(tracemalloc, 64-bit CPython 3.11): 20 MB with one holder each, 55 MB at most."""
+HOLDERS_PER_KEY = 8
+"""Workers remembered per key (the most recently sent)."""
 TTL_S = 300.0
 """A key is forgotten this long after its last request: engines evict what is not reused."""
 
@@ -114,15 +117,18 @@ def request_shape(body: Mapping[str, Any], kind: InferenceKind, model: str, *, p
 
 
 class PrefixTable:
-    """Key -> the worker last sent a request with that prefix, least recently sent dropped first.
+    """Key -> the workers recently sent a request with that prefix (at most ``HOLDERS_PER_KEY``), least
+    recently sent key dropped first.
 
-    At most ``max_entries`` keys; a key older than ``ttl_s`` is not trusted (and dropped when met).
+    Several holders per key: a prefix every request shares (one system prompt) is soon cached on every
+    engine, and then says nothing about where to go; a longer one (a conversation's turns) says which
+    engine has more. At most ``max_entries`` keys; a holder older than ``ttl_s`` is not trusted.
     """
 
     def __init__(self, max_entries: int = TABLE_ENTRIES, ttl_s: float = TTL_S) -> None:
         self.max_entries = max_entries
         self.ttl_s = ttl_s
-        self._entries: OrderedDict[int, tuple[str, float]] = OrderedDict()
+        self._entries: OrderedDict[int, dict[str, float]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -130,24 +136,38 @@ class PrefixTable:
     def remember(self, keys: Iterable[PrefixKey], worker_id: str, now: float) -> None:
         entries = self._entries
         for key, _ in keys:
-            entries[key] = (worker_id, now)
+            holders = entries.get(key)
+            if holders is None:
+                holders = entries[key] = {}
+            holders.pop(worker_id, None)
+            holders[worker_id] = now
+            if len(holders) > HOLDERS_PER_KEY:
+                del holders[next(iter(holders))]
             entries.move_to_end(key)
         while len(entries) > self.max_entries:
             entries.popitem(last=False)
 
-    def lookup(self, keys: Iterable[PrefixKey], now: float) -> tuple[str, int] | None:
-        """The worker holding the longest of ``keys`` (longest first), and how many characters it covers."""
+    def lookup(self, keys: Iterable[PrefixKey], now: float) -> dict[str, int]:
+        """Worker -> how many of the prompt's first characters it likely holds (its longest key of ``keys``,
+        which come longest first); workers holding none are left out."""
+        found: dict[str, int] = {}
         for key, chars in keys:
-            found = self._entries.get(key)
-            if found is None:
+            holders = self._entries.get(key)
+            if holders is None:
                 continue
-            if now - found[1] > self.ttl_s:
+            for worker_id, at in list(holders.items()):
+                if now - at > self.ttl_s:
+                    del holders[worker_id]
+                elif worker_id not in found:
+                    found[worker_id] = chars
+            if not holders:
                 del self._entries[key]
-                continue
-            return found[0], chars
-        return None
+        return found
 
     def forget(self, worker_id: str) -> None:
         """The worker left or restarted: its cache is gone."""
-        for key in [k for k, (w, _) in self._entries.items() if w == worker_id]:
-            del self._entries[key]
+        for key in list(self._entries):
+            holders = self._entries[key]
+            holders.pop(worker_id, None)
+            if not holders:
+                del self._entries[key]

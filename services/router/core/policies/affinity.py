@@ -20,8 +20,10 @@ decided) kept queues on four equal GPUs long enough for p99 to reach 1.9x the or
 EVICTING_GIVE_WAY_FACTOR = 2.0
 """A switch that must evict another group (so that group's next request loads it again) needs the holder
 twice as slow: with 1.1 the reference pair reloaded a small group on the big card 20 times per 1000 requests."""
-PREFIX_GIVE_WAY_FACTOR = 2.0
-"""A worker with the prompt's prefix cached keeps it unless it would take twice as long: much busier."""
+PREFIX_GIVE_WAY_FACTOR = 1.5
+"""A worker with more of the prompt cached takes it unless it would take 1.5 times as long as the pick (both
+estimates with the whole prompt): 2.0, with the cached part left out of the holder's estimate, piled a
+benchmark's conversations onto one llama.cpp engine (docs/benchmarks.md, Engines)."""
 
 
 def _best(
@@ -77,29 +79,34 @@ def holds(worker: WorkerSnapshot, group: str) -> bool:
 def with_prefix(
     request: PlacementRequest, choice: Choice, candidates: Sequence[WorkerSnapshot], give_way_factor: float
 ) -> Choice:
-    """``choice``, or the worker that was sent this prompt's longest known prefix if it is not much busier."""
-    cached = next((w for w in candidates if w.prefix_chars > 0), None)
-    if cached is None:
-        return choice
-    if cached.worker_id == choice.worker_id:
-        return Choice(choice.worker_id, choice.route, f"{choice.reason}; has this prompt's first "
-                      f"{cached.prefix_chars} characters cached")
+    """``choice``, or a worker likely to hold more of this prompt in its cache if it is not much busier.
+
+    Only the longest prefix known anywhere counts, and only where ``choice`` holds less of it: a prefix
+    every worker holds (one system prompt for everyone) says nothing about where to go.
+    """
+    most = max((w.prefix_chars for w in candidates), default=0)
     chosen = next((w for w in candidates if w.worker_id == choice.worker_id), None)
-    if chosen is None:
+    if most == 0 or chosen is None:
         return choice
+    if chosen.prefix_chars == most:
+        return Choice(
+            choice.worker_id, choice.route, f"{choice.reason}; has this prompt's first {most} characters cached"
+        )
+    holders = [w for w in candidates if w.prefix_chars == most]
+    cached = min(holders, key=lambda w: (expected_s(w, request), w.load, w.worker_id))
     cached_s, chosen_s = expected_s(cached, request), expected_s(chosen, request)
     if cached_s <= give_way_factor * chosen_s:
         return Choice(
             cached.worker_id,
             Route.AFFINITY,
-            f"prefix: has this prompt's first {cached.prefix_chars} characters cached (~{cached_s:.2f} s; "
+            f"prefix: has this prompt's first {most} characters cached (~{cached_s:.2f} s; "
             f"{chosen.worker_id} ~{chosen_s:.2f} s)",
         )
     return Choice(
         choice.worker_id,
         choice.route,
         f"{choice.reason}; prefix affinity gave way: {cached.worker_id} has the prompt's first "
-        f"{cached.prefix_chars} characters cached but needs ~{cached_s:.2f} s",
+        f"{most} characters cached but needs ~{cached_s:.2f} s",
     )
 
 

@@ -190,3 +190,29 @@ def test_equal_idle_batching_engines_share() -> None:
         picks.append(decision.worker_id)  # type: ignore[union-attr]
         pools.on_sent(decision.worker_id, 0.0, request=_placement("model-a", f"r{i}", 0.5))  # type: ignore[union-attr, arg-type]
     assert sorted(picks) == ["a", "a", "b", "b"]
+
+
+@pytest.mark.parametrize(
+    ("slowdown_seen", "learned"),
+    [
+        pytest.param(2.0, 1.0, id="a-cpu-engine-shares-its-thread"),
+        pytest.param(1.05, 0.05, id="a-gpu-batches-almost-for-free"),
+        pytest.param(9.0, 1.5, id="noise-is-capped"),
+    ],
+)
+def test_a_workers_batching_slowdown_is_learned_from_answers_that_ran_beside_another(
+    slowdown_seen: float, learned: float
+) -> None:
+    pools = pools_of(make_worker_status("w0", backend="openai", slots=2))
+    worker = pools.workers["w0"]
+    assert worker.batching() == pytest.approx(0.1)  # the default until it has answered beside others
+    for _ in range(6):
+        worker.learn_batching(seconds=slowdown_seen, alone_s=1.0, concurrency=2)
+    assert worker.batching() == pytest.approx(learned)
+
+
+def test_alone_or_on_the_simulated_backend_nothing_is_learned() -> None:
+    pools = pools_of(make_worker_status("w0", backend="simulated", slots=2), make_worker_status("w1", slots=2))
+    for worker_id in ("w0", "w1"):
+        pools.workers[worker_id].learn_batching(seconds=3.0, alone_s=1.0, concurrency=2 if worker_id == "w0" else 1)
+    assert pools.workers["w0"].batching() == 0.0 and pools.workers["w1"].batching_samples == 0

@@ -10,7 +10,7 @@ import pytest
 
 from services.router.core.model import PlacementRequest
 from services.router.core.policies import make_policy
-from services.router.core.prefix import MAX_KEYS, MIN_PREFIX_CHARS, PrefixTable, request_shape
+from services.router.core.prefix import HOLDERS_PER_KEY, MAX_KEYS, MIN_PREFIX_CHARS, PrefixTable, request_shape
 from shared.contracts import InferenceKind, Route
 from tests.builders import make_placement_request, make_snapshot, make_worker_status
 from tests.services.router.core.helpers import pools_of, rng
@@ -91,12 +91,12 @@ def test_table_keeps_at_most_max_entries_least_recently_sent_dropped() -> None:
     table.remember([(1, 1000)], "w1", 1.0)  # 1 refreshed: 2 is now the oldest
     table.remember([(4, 1000)], "w0", 2.0)
     assert len(table) == 3
-    assert table.lookup([(2, 1000)], 2.0) is None
-    assert table.lookup([(1, 1000)], 2.0) == ("w1", 1000)
+    assert table.lookup([(2, 1000)], 2.0) == {}
+    assert table.lookup([(1, 1000)], 2.0) == {"w0": 1000, "w1": 1000}
 
 
-@pytest.mark.parametrize(("now", "found"), [(50.0, ("w0", 2000)), (101.0, None)])
-def test_table_entries_expire(now: float, found: tuple[str, int] | None) -> None:
+@pytest.mark.parametrize(("now", "found"), [(50.0, {"w0": 2000}), (101.0, {})])
+def test_table_entries_expire(now: float, found: dict[str, int]) -> None:
     table = PrefixTable(ttl_s=100.0)
     table.remember([(7, 2000), (8, 1000)], "w0", 0.0)
     assert table.lookup([(7, 2000), (8, 1000)], now) == found
@@ -106,10 +106,18 @@ def test_table_longest_match_wins_and_a_worker_that_left_is_forgotten() -> None:
     table = PrefixTable()
     table.remember([(8, 1000)], "w0", 0.0)
     table.remember([(9, 3000), (8, 1000)], "w1", 1.0)
-    assert table.lookup([(9, 3000), (8, 1000)], 1.0) == ("w1", 3000)
+    assert table.lookup([(9, 3000), (8, 1000)], 1.0) == {"w1": 3000, "w0": 1000}
     table.forget("w1")
-    assert table.lookup([(9, 3000), (8, 1000)], 1.0) is None
+    assert table.lookup([(9, 3000), (8, 1000)], 1.0) == {"w0": 1000}
+    table.forget("w0")
     assert len(table) == 0
+
+
+def test_a_key_keeps_its_most_recent_holders_only() -> None:
+    table = PrefixTable()
+    for i in range(HOLDERS_PER_KEY + 2):
+        table.remember([(3, 1000)], f"w{i}", float(i))
+    assert set(table.lookup([(3, 1000)], 20.0)) == {f"w{i}" for i in range(2, HOLDERS_PER_KEY + 2)}
 
 
 # --------------------------------------------------------------------------- the decision
@@ -120,7 +128,7 @@ REQ = dataclasses.replace(make_placement_request(group="g", expected_latency_s=1
 @pytest.mark.parametrize(
     ("cached_load", "other_load", "winner", "route"),
     [
-        pytest.param(1, 0, "cached", Route.AFFINITY, id="goes-to-the-holder-of-the-prefix"),
+        pytest.param(0, 0, "cached", Route.AFFINITY, id="goes-to-the-holder-of-the-prefix"),
         pytest.param(2, 0, "other", Route.AFFINITY, id="gives-way-when-much-busier"),
     ],
 )
@@ -130,6 +138,15 @@ def test_prefix_affinity_decision(cached_load: int, other_load: int, winner: str
     choice = make_policy("affinity").choose(REQ, [cached, other], rng())
     assert choice is not None and (choice.worker_id, choice.route) == (winner, route)
     assert "3000 characters" in choice.reason
+
+
+def test_a_prefix_every_worker_holds_says_nothing() -> None:
+    """One system prompt for everyone: cached on both, so the usual pick stands (here the idle one)."""
+    busy = dataclasses.replace(make_snapshot("busy", groups=("g",), load=1, slots=2), prefix_chars=3000)
+    idle = dataclasses.replace(make_snapshot("idle", groups=("g",), load=0, slots=2), prefix_chars=3000)
+    choice = make_policy("affinity").choose(REQ, [busy, idle], rng())
+    assert choice is not None and choice.worker_id == "idle"
+    assert "has this prompt's first 3000 characters cached" in choice.reason
 
 
 def _placed(prefix_affinity: bool, body: dict[str, Any], kind: InferenceKind = InferenceKind.CHAT) -> list[str]:
