@@ -12,6 +12,7 @@ from typing import ClassVar
 from services.router.core.model import Choice, PlacementRequest, WorkerSnapshot
 from services.router.core.policies.estimate import expected_s
 from services.router.core.policies.ties import least
+from services.router.core.prefix import MIN_PREFIX_CHARS
 from shared.contracts import Route
 
 DEFAULT_GIVE_WAY_FACTOR = 1.1
@@ -81,8 +82,9 @@ def with_prefix(
 ) -> Choice:
     """``choice``, or a worker likely to hold more of this prompt in its cache if it is not much busier.
 
-    Only the longest prefix known anywhere counts, and only where ``choice`` holds less of it: a prefix
-    every worker holds (one system prompt for everyone) says nothing about where to go.
+    Only the longest prefix known anywhere counts, and only where ``choice`` holds at least
+    ``MIN_PREFIX_CHARS`` less of it: a prefix every worker holds (one system prompt for everyone) says
+    nothing about where to go, and a short difference is not worth a busier engine.
     """
     most = max((w.prefix_chars for w in candidates), default=0)
     chosen = next((w for w in candidates if w.worker_id == choice.worker_id), None)
@@ -92,6 +94,9 @@ def with_prefix(
         return Choice(
             choice.worker_id, choice.route, f"{choice.reason}; has this prompt's first {most} characters cached"
         )
+    if most - chosen.prefix_chars < MIN_PREFIX_CHARS:
+        # The pick holds nearly as much (the shared system prompt, say): the rest is prefilled in milliseconds.
+        return choice
     holders = [w for w in candidates if w.prefix_chars == most]
     cached = min(holders, key=lambda w: (expected_s(w, request), w.load, w.worker_id))
     cached_s, chosen_s = expected_s(cached, request), expected_s(chosen, request)

@@ -149,6 +149,13 @@ def test_a_prefix_every_worker_holds_says_nothing() -> None:
     assert "has this prompt's first 3000 characters cached" in choice.reason
 
 
+def test_a_small_difference_in_what_is_cached_is_not_worth_a_detour() -> None:
+    picked = dataclasses.replace(make_snapshot("picked", groups=("g",)), prefix_chars=2000)
+    holder = dataclasses.replace(make_snapshot("holder", groups=("g",), load=1, slots=2), prefix_chars=2500)
+    choice = make_policy("affinity").choose(REQ, [picked, holder], rng())
+    assert choice is not None and choice.worker_id == "picked"
+
+
 def _placed(prefix_affinity: bool, body: dict[str, Any], kind: InferenceKind = InferenceKind.CHAT) -> list[str]:
     """Where three requests with ``body`` go among two equal idle workers, each answered before the next."""
     pools = pools_of(*(make_worker_status(w, device=f"cuda:{i}", groups=("g",)) for i, w in enumerate(("a", "b"))),
