@@ -15,6 +15,7 @@ from shared.contracts import (
     AssignmentRequest,
     AuditRecord,
     Drift,
+    EngineSignals,
     Gpu,
     GpuConfig,
     GpuPlanLoad,
@@ -430,6 +431,10 @@ class WorkerQueueOut(BaseModel):
     worker_id: str
     host: str
     device: str
+    backend: str = Field(description="simulated, openai (an engine's agent) or llamacpp (runs llama.cpp itself).")
+    engine: EngineSignals | None = Field(
+        default=None, description="The engine's own figures (its metrics and slots), when it reports them."
+    )
     state: str
     slots: int
     in_flight: int

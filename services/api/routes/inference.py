@@ -259,10 +259,21 @@ def header_text(text: str, limit: int = 300) -> str:
     return clean if len(clean) <= limit else clean[: limit - 3] + "..."
 
 
+def engine_of(state: GatewayState, worker_id: str) -> str:
+    """What answered, as the worker reports it: the engine's own kind (``llamacpp``, ``vllm``...) where it says,
+    else the worker's backend (``simulated``, ``openai``); ``unknown`` for a worker gone from view."""
+    record = state.dataplane.pools.workers.get(worker_id) if state.dataplane is not None else None
+    if record is None:
+        return "unknown"
+    status = record.status
+    return status.engine.kind if status.engine is not None and status.engine.kind != "openai" else status.backend
+
+
 def result_headers(state: GatewayState, result: Answer) -> dict[str, str]:
     return {
         "X-Gpuplane-Gpu": _gpu_header(state, result.host, result.device),
         "X-Gpuplane-Worker": result.worker_id,
+        "X-Gpuplane-Engine": engine_of(state, result.worker_id),
         "X-Gpuplane-Route": result.route.value,
         "X-Gpuplane-Reason": header_text(result.reason),
         "X-Gpuplane-Request-Id": result.request_id,
@@ -275,6 +286,7 @@ def stream_headers(state: GatewayState, meta: StreamMeta) -> dict[str, str]:
     return {
         "X-Gpuplane-Gpu": _gpu_header(state, meta.host, meta.device),
         "X-Gpuplane-Worker": meta.worker_id,
+        "X-Gpuplane-Engine": engine_of(state, meta.worker_id),
         "X-Gpuplane-Route": meta.route.value,
         "X-Gpuplane-Request-Id": meta.request_id,
         "X-Gpuplane-Attempts": str(meta.attempt),

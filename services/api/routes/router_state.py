@@ -122,6 +122,8 @@ def _worker(view: WorkerView) -> WorkerQueueOut:
         worker_id=s.worker_id,
         host=s.host,
         device=s.device,
+        backend=s.backend,
+        engine=s.engine,
         state=s.state.value,
         slots=s.slots,
         in_flight=s.in_flight,

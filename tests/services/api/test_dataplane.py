@@ -187,6 +187,7 @@ async def test_the_engines_bytes_come_back_as_they_were_with_who_served_them(pla
     assert r.status_code == 200
     assert r.content == answer_of(engine, CHAT)
     assert r.headers["X-Gpuplane-Worker"] == "w0" and r.headers["X-Gpuplane-Gpu"] == "cuda:0"
+    assert r.headers["X-Gpuplane-Engine"] == "simulated"  # the backend its status names
     assert r.headers["X-Gpuplane-Attempts"] == "1" and r.headers["X-Gpuplane-Route"]
     [(path, headers, body)] = engine.seen
     assert path == "/v1/chat/completions" and body == CHAT

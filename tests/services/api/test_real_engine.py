@@ -82,6 +82,7 @@ async def test_a_worker_runs_llama_cpp_and_the_openai_client_gets_a_real_answer(
 
     assert "Paris" in (answer.choices[0].message.content or ""), answer
     assert raw.headers["X-Gpuplane-Worker"] == "real0" and raw.headers["X-Gpuplane-Gpu"] == "cuda:0"
+    assert raw.headers["X-Gpuplane-Engine"] == "llamacpp"
     assert answer.usage is not None and answer.usage.prompt_tokens > 0
     assert len(pieces) > 2 and "Paris" in "".join(pieces)
     assert completion.choices[0].text
@@ -151,4 +152,5 @@ async def test_an_openai_worker_is_the_agent_of_a_llama_cpp_server_started_apart
         await engine.wait()
 
     assert raw.headers["X-Gpuplane-Worker"] == "agent1"
+    assert raw.headers["X-Gpuplane-Engine"] in ("llamacpp", "openai")  # llamacpp once its metrics were read
     assert "Paris" in (raw.parse().choices[0].message.content or "")
