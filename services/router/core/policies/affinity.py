@@ -100,7 +100,9 @@ def with_prefix(
     holders = [w for w in candidates if w.prefix_chars == most]
     cached = min(holders, key=lambda w: (expected_s(w, request), w.load, w.worker_id))
     cached_s, chosen_s = expected_s(cached, request), expected_s(chosen, request)
-    if cached_s <= give_way_factor * chosen_s:
+    # Never a detour to a busier engine: the estimates learn how much a neighbour slows a request only from
+    # answers, and on a one-thread CPU engine a second request halves both (a benchmark's TTFT doubled).
+    if cached.load <= chosen.load and cached_s <= give_way_factor * chosen_s:
         return Choice(
             cached.worker_id,
             Route.AFFINITY,
@@ -111,7 +113,7 @@ def with_prefix(
         choice.worker_id,
         choice.route,
         f"{choice.reason}; prefix affinity gave way: {cached.worker_id} has the prompt's first "
-        f"{most} characters cached but needs ~{cached_s:.2f} s",
+        f"{most} characters cached but needs ~{cached_s:.2f} s ({cached.load} requests there)",
     )
 
 

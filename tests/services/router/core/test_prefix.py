@@ -130,6 +130,7 @@ REQ = dataclasses.replace(make_placement_request(group="g", expected_latency_s=1
     [
         pytest.param(0, 0, "cached", Route.AFFINITY, id="goes-to-the-holder-of-the-prefix"),
         pytest.param(2, 0, "other", Route.AFFINITY, id="gives-way-when-much-busier"),
+        pytest.param(1, 1, "cached", Route.AFFINITY, id="as-busy-as-the-pick-is-fine"),
     ],
 )
 def test_prefix_affinity_decision(cached_load: int, other_load: int, winner: str, route: Route) -> None:
@@ -147,6 +148,15 @@ def test_a_prefix_every_worker_holds_says_nothing() -> None:
     choice = make_policy("affinity").choose(REQ, [busy, idle], rng())
     assert choice is not None and choice.worker_id == "idle"
     assert "has this prompt's first 3000 characters cached" in choice.reason
+
+
+def test_never_a_detour_to_a_busier_engine() -> None:
+    """Two slots each, estimates saying a neighbour costs little: still no detour to the one already running."""
+    holder = dataclasses.replace(make_snapshot("holder", groups=("g",), load=1, slots=2), prefix_chars=3000)
+    idle = make_snapshot("idle", groups=("g",), load=0, slots=2)
+    choice = make_policy("affinity").choose(REQ, [holder, idle], rng())
+    assert choice is not None and choice.worker_id == "idle"
+    assert "prefix affinity gave way" in choice.reason
 
 
 def test_a_small_difference_in_what_is_cached_is_not_worth_a_detour() -> None:
