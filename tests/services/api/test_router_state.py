@@ -269,6 +269,8 @@ def test_queue_names_every_priority_and_each_workers_load() -> None:
         "worker_id": "w1",
         "host": "box",
         "device": "cuda:1",
+        "backend": "simulated",
+        "engine": None,
         "state": "ready",
         "slots": 2,
         "in_flight": 2,
