@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from bench.engines.client import Result
+from bench.path.report import spread_text as share_text
 from bench.path.stats import percentile
 
 COLUMNS = (
@@ -190,17 +191,6 @@ def number(value: float, digits: int = 1) -> str:
 
 def percent(value: float) -> str:
     return "—" if math.isnan(value) else f"{100 * value:.0f}%"
-
-
-def share_text(share: Sequence[int]) -> str:
-    """Each engine's share of the requests in percent, e.g. ``52/48`` (adding up to 100)."""
-    total = sum(share)
-    if total <= 0:
-        return "—"
-    shares = [100 * n / total for n in share]
-    rounded = [round(s) for s in shares]
-    rounded[max(range(len(shares)), key=lambda i: shares[i])] += 100 - sum(rounded)
-    return "/".join(str(s) for s in rounded)
 
 
 def failed_text(summary: Summary) -> str:

@@ -30,8 +30,8 @@ from bench.path.peers import (
     Process,
     Processes,
     _gpuplane_credential,
-    _inherited_env,
     free_port,
+    stack_env,
     wait_for_port,
 )
 from bench.path.peers import Running as PathRunning
@@ -203,18 +203,8 @@ def start_gateway(procs: Processes, folder: Path, engines: Sequence[Engine], rou
     wait_for_port(nats_port, nats, 20)
     http_port = free_port()
     env = {
-        **_inherited_env(),
-        "GPUPLANE_NATS_URL": f"nats://{HOST}:{nats_port}",
-        "GPUPLANE_DATA_DIR": str(folder / "data"),
-        "GPUPLANE_HOST_NAME": "bench",
-        "GPUPLANE_MODEL_GROUPS_FILE": str(groups),
-        "GPUPLANE_API_TOKEN": GPUPLANE_ADMIN_TOKEN,
-        "GPUPLANE_METRICS_PORT": "0",
-        # No detector: the workers are told their VRAM and need not wait for an inventory.
-        "GPUPLANE_VRAM_MB": "81920",
-        "GPUPLANE_INVENTORY_WAIT_S": "0",
+        **stack_env(folder, groups, nats_port),
         "GPUPLANE_SEED": "0",
-        "PYTHONUNBUFFERED": "1",
         **routing_env,
     }
     gpuplane = [sys.executable, "-m", "services.cli"]

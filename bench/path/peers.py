@@ -304,6 +304,23 @@ def _inherited_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("GPUPLANE_") and k != "VIRTUAL_ENV"}
 
 
+
+def stack_env(folder: Path, groups: Path, nats_port: int) -> dict[str, str]:
+    """The environment of the gpuplane processes a benchmark starts: its NATS, data folder and catalog, the
+    admin token, no metrics, and no detector (workers are told their VRAM and need not wait for an inventory)."""
+    return {
+        **_inherited_env(),
+        "GPUPLANE_NATS_URL": f"nats://{HOST}:{nats_port}",
+        "GPUPLANE_DATA_DIR": str(folder / "data"),
+        "GPUPLANE_HOST_NAME": "bench",
+        "GPUPLANE_MODEL_GROUPS_FILE": str(groups),
+        "GPUPLANE_API_TOKEN": GPUPLANE_ADMIN_TOKEN,
+        "GPUPLANE_METRICS_PORT": "0",
+        "GPUPLANE_VRAM_MB": "81920",
+        "GPUPLANE_INVENTORY_WAIT_S": "0",
+        "PYTHONUNBUFFERED": "1",
+    }
+
 def _shown(argv: Sequence[str]) -> str:
     return shlex.join(argv)
 
@@ -515,19 +532,7 @@ def start_gpuplane(ctx: Context) -> Running:
     nats = ctx.procs.start("nats-server", nats_argv, folder / "nats-stdout.log")
     wait_for_port(nats_port, nats, 20)
     http_port = free_port()
-    env = {
-        **_inherited_env(),
-        "GPUPLANE_NATS_URL": f"nats://{HOST}:{nats_port}",
-        "GPUPLANE_DATA_DIR": str(folder / "data"),
-        "GPUPLANE_HOST_NAME": "bench",
-        "GPUPLANE_MODEL_GROUPS_FILE": str(groups),
-        "GPUPLANE_API_TOKEN": GPUPLANE_ADMIN_TOKEN,
-        "GPUPLANE_METRICS_PORT": "0",
-        # No detector: the workers are told their VRAM and need not wait for an inventory.
-        "GPUPLANE_VRAM_MB": "81920",
-        "GPUPLANE_INVENTORY_WAIT_S": "0",
-        "PYTHONUNBUFFERED": "1",
-    }
+    env = stack_env(folder, groups, nats_port)
     gpuplane = [sys.executable, "-m", "services.cli"]
     commands = [_shown(nats_argv)]
     processes = [nats]
