@@ -235,7 +235,6 @@ OBSERVER_EVENTS: tuple[str, ...] = (
     CONFIG_CHANGED,
     ORCHESTRATOR_PROGRESS,
     WORKER_STATUS_ALL,
-    AGENTS_DRAIN_ALL,
     AUDIT_ALL,
 )
 """Everything the observer may watch: events, never requests, prompts or answers."""

@@ -12,12 +12,15 @@ from shared.identities import Identity, inbox_prefix, permissions, render_users
 from shared.subjects import (
     CONFIG_CHANGED,
     DETECTOR_RESCAN,
+    ENDPOINTS_CHANGED,
     ORCHESTRATOR_APPLY,
+    ORCHESTRATOR_ENDPOINTS,
     ORCHESTRATOR_PROGRESS,
     ORCHESTRATOR_WORK,
     PLANNER_CONFIG_PUT,
     PLANNER_CONFIG_RESTORE,
     ROUTER_INFER,
+    agents_drain,
     audit,
     gpu_health,
     health,
@@ -67,6 +70,9 @@ ONLY_PUBLISHER = [
     ("$JS.API.STREAM.DELETE.GPUPLANE_EVENTS", {Identity.ADMIN}),
     ("$JS.API.STREAM.PURGE.GPUPLANE_EVENTS", {Identity.ADMIN}),
     ("$JS.ACK.GPUPLANE_WORK.orchestrator-apply.1.1.1.1.1", {Identity.ORCHESTRATOR}),
+    (ENDPOINTS_CHANGED, {Identity.ORCHESTRATOR}),  # where placed services run: agents follow it
+    (agents_drain("vm"), {Identity.ORCHESTRATOR}),  # only the orchestrator stops traffic to a service
+    (ORCHESTRATOR_ENDPOINTS, {Identity.WORKER}),  # the agents ask; nobody else needs to
 ]
 
 
@@ -85,6 +91,9 @@ ONLY_READER = [
     (stream_chunks(ServiceName.ROUTER, "r1", "t1"), {Identity.ROUTER}),
     (f"{inbox_prefix(Identity.API)}.abc.1", {Identity.API}),
     (f"{inbox_prefix(Identity.ROUTER)}.abc.1", {Identity.ROUTER}),
+    (agents_drain("vm"), {Identity.WORKER}),
+    (agents_drain("evil"), set()),  # a worker hears the drains of its own hosts only
+    (ORCHESTRATOR_ENDPOINTS, {Identity.ORCHESTRATOR}),
 ]
 
 
