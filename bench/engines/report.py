@@ -6,6 +6,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from bench.common import markdown_table
 from bench.engines.client import Result
 from bench.path.report import spread_text as share_text
 from bench.path.stats import percentile
@@ -217,14 +218,8 @@ def row(summary: Summary) -> list[str]:
 
 
 def table(summaries: Sequence[Summary], not_run: Mapping[str, str]) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---" for _ in COLUMNS) + "|"]
-    for summary in summaries:
-        lines.append("| " + " | ".join(cell.replace("|", "/") for cell in row(summary)) + " |")
-    for name, reason in not_run.items():
-        cells = [f"**{name}**", f"not run: {reason}".replace("|", "/").replace("\n", " ")]
-        cells += ["—"] * (len(COLUMNS) - len(cells))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    """The Markdown table: one row per variant measured, then one per variant that could not run."""
+    return markdown_table(COLUMNS, [row(summary) for summary in summaries], not_run)
 
 
 def ratio(mine: float, theirs: float) -> float:

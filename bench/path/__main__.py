@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import json
 import math
 import os
 import platform
@@ -23,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 
-from bench.common import revision, splice
+from bench.common import revision, splice, write_results
 from bench.path import measure, peers
 from bench.path.load import wrk_binary, wrk_version
 from bench.path.measure import FULL, QUICK, LoadClient, Plan, Repetition
@@ -149,17 +148,6 @@ def render(
         lines += ["Installed in this run:", "", "```"] + installed + ["```", ""]
     lines.append("</details>")
     return "\n".join(lines) + "\n"
-
-
-def _jsonable(value: object) -> object:
-    """NaN as null: JSON has no NaN."""
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    return value
 
 
 def _summary_json(summary: Summary) -> dict[str, object]:
@@ -302,13 +290,11 @@ def main(argv: list[str] | None = None) -> int:
         },
         "not_run": not_run,
     }
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "path.json").write_text(json.dumps(_jsonable(document), indent=2) + "\n")
-    (out / "path.md").write_text(markdown)
+    as_json, as_md = write_results(out, "path", document, markdown)
     if args.doc is not None:
         _into_doc(args.doc, markdown)
     print(markdown)
-    progress(f"wrote {out / 'path.md'} and {out / 'path.json'} ({took_s:.0f} s)")
+    progress(f"wrote {as_md} and {as_json} ({took_s:.0f} s)")
     return 0
 
 

@@ -6,6 +6,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from bench.common import markdown_table
 from bench.path.measure import Loaded, Repetition
 from bench.path.stats import median
 
@@ -248,11 +249,4 @@ def row(summary: Summary) -> list[str]:
 
 def table(summaries: Sequence[Summary], not_run: Mapping[str, str]) -> str:
     """The Markdown table: one row per path measured, then one per path that could not run."""
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---" for _ in COLUMNS) + "|"]
-    for summary in summaries:
-        lines.append("| " + " | ".join(cell.replace("|", "/") for cell in row(summary)) + " |")
-    for name, reason in not_run.items():
-        cells = [f"**{name}**", f"not run: {reason}".replace("|", "/").replace("\n", " ")]
-        cells += ["—"] * (len(COLUMNS) - len(cells))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return markdown_table(COLUMNS, [row(summary) for summary in summaries], not_run)
